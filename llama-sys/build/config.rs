@@ -1,0 +1,70 @@
+//! What this build was asked for: features, environment, and where the shared
+//! cache lives. Every environment variable read here is declared with
+//! `rerun-if-env-changed`, so changing one rebuilds and nothing goes stale.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+pub struct Config {
+    pub hip: bool,
+    pub cuda: bool,
+    pub native: bool,
+    /// Root of the cache shared by every build of the workspace
+    /// (extracted source, one cmake build folder per configuration).
+    pub cache_dir: PathBuf,
+    pub vendor_dir: PathBuf,
+}
+
+impl Config {
+    pub fn from_env() -> Config {
+        let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR is set by cargo"));
+        let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+        let cache_dir = match var("LLAMA_SYS_CACHE_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => target_dir(&out_dir).join("llama-cpp"),
+        };
+        let vendor_dir = match var("LLAMA_SYS_VENDOR_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => manifest_dir.join("..").join("vendor"),
+        };
+        println!("cargo:rerun-if-changed={}", vendor_dir.join("pin").join("Cargo.toml").display());
+        Config {
+            hip: feature("HIP"),
+            cuda: feature("CUDA"),
+            native: feature("NATIVE"),
+            cache_dir,
+            vendor_dir,
+        }
+    }
+
+    pub fn backends(&self) -> Vec<&'static str> {
+        let mut b = vec!["cpu"];
+        if self.cuda {
+            b.push("cuda");
+        }
+        if self.hip {
+            b.push("hip");
+        }
+        b
+    }
+}
+
+fn feature(name: &str) -> bool {
+    env::var_os(format!("CARGO_FEATURE_{name}")).is_some()
+}
+
+/// Reads an environment variable and tells cargo to rerun when it changes.
+pub fn var(name: &str) -> Option<String> {
+    println!("cargo:rerun-if-env-changed={name}");
+    env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Cargo's target folder: the ancestor of OUT_DIR that holds `CACHEDIR.TAG`.
+fn target_dir(out_dir: &Path) -> PathBuf {
+    out_dir
+        .ancestors()
+        .find(|p| p.join("CACHEDIR.TAG").is_file())
+        .map(Path::to_path_buf)
+        // target/<profile>/build/<pkg-hash>/out
+        .unwrap_or_else(|| out_dir.ancestors().nth(4).unwrap_or(out_dir).to_path_buf())
+}

@@ -1,0 +1,110 @@
+//! Link lines: the static llama/ggml libraries, then what they need from the
+//! system (C++ runtime, OpenMP, and the GPU runtimes of the chosen backend).
+
+use crate::cmake_build::Built;
+use crate::config::{var, Config};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn emit(cfg: &Config, built: &Built) {
+    println!("cargo:rustc-link-search=native={}", built.lib_dir.display());
+    for lib in static_libs(&built.lib_dir) {
+        println!("cargo:rustc-link-lib=static={lib}");
+    }
+    if cfg.cuda {
+        cuda_libs();
+    }
+    if cfg.hip {
+        hip_libs();
+    }
+    if openmp_enabled(&built.prefix) {
+        println!("cargo:rustc-link-lib=dylib=gomp");
+    }
+    println!("cargo:rustc-link-lib=dylib=stdc++");
+    for lib in ["pthread", "m", "dl"] {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+}
+
+/// `llama`, `ggml`, the backends, then `ggml-base`: each before what it uses.
+fn static_libs(dir: &Path) -> Vec<String> {
+    let mut backends: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_prefix("lib")?.strip_suffix(".a")?.to_string();
+            (stem.starts_with("ggml-") && stem != "ggml-base").then_some(stem)
+        })
+        .collect();
+    backends.sort();
+    let mut libs = vec!["llama".to_string(), "ggml".to_string()];
+    libs.extend(backends);
+    libs.push("ggml-base".to_string());
+    libs
+}
+
+fn openmp_enabled(prefix: &Path) -> bool {
+    let cache = prefix.join("build").join("CMakeCache.txt");
+    let text = fs::read_to_string(cache).unwrap_or_default();
+    // ggml records OpenMP_FOUND only when GGML_OPENMP is on and OpenMP exists.
+    text.lines().any(|l| l.starts_with("GGML_OPENMP:BOOL=ON"))
+        && text.lines().any(|l| l.starts_with("OpenMP_C_FLAGS") || l.starts_with("OpenMP_gomp_LIBRARY"))
+}
+
+fn cuda_libs() {
+    let root = var("CUDA_PATH").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/local/cuda"));
+    for sub in ["lib64", "lib64/stubs", "targets/x86_64-linux/lib", "targets/x86_64-linux/lib/stubs"] {
+        let dir = root.join(sub);
+        if dir.is_dir() {
+            println!("cargo:rustc-link-search=native={}", dir.display());
+        }
+    }
+    for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+}
+
+fn hip_libs() {
+    if let Some(root) = rocm_root() {
+        for sub in ["lib", "lib64", "lib/x86_64-linux-gnu"] {
+            let dir = root.join(sub);
+            if dir.is_dir() {
+                println!("cargo:rustc-link-search=native={}", dir.display());
+            }
+        }
+    }
+    for lib in ["amdhip64", "hipblas", "rocblas"] {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+}
+
+/// ROCm's root: `ROCM_PATH`, AMD's `/opt/rocm`, or a distribution's `/usr`.
+pub fn rocm_root() -> Option<PathBuf> {
+    if let Some(p) = var("ROCM_PATH") {
+        return Some(PathBuf::from(p));
+    }
+    [PathBuf::from("/opt/rocm"), PathBuf::from("/usr")]
+        .into_iter()
+        .find(|p| p.join("include").join("hip").join("hip_runtime.h").is_file())
+}
+
+/// The clang that compiles HIP: `HIPCXX`, else what `hipconfig -l` names,
+/// else ROCm's own llvm.
+pub fn hip_clang() -> Option<PathBuf> {
+    if let Some(p) = var("HIPCXX") {
+        return Some(PathBuf::from(p));
+    }
+    let hipconfig = rocm_root()
+        .map(|r| r.join("bin").join("hipconfig"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("hipconfig"));
+    if let Ok(out) = Command::new(hipconfig).arg("-l").output() {
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let clang = Path::new(&dir).join("clang++");
+        if out.status.success() && clang.is_file() {
+            return Some(clang);
+        }
+    }
+    rocm_root().map(|r| r.join("llvm").join("bin").join("clang++")).filter(|p| p.is_file())
+}

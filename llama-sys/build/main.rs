@@ -1,0 +1,28 @@
+//! Build script of llama-sys: obtain the pinned llama.cpp tree, build it with
+//! cmake (once per configuration, shared by every build of the workspace),
+//! compile the C++ exception shim, emit link lines, and provide the bindings.
+//! `main` only dispatches; each step lives in its own module.
+
+mod bindings;
+mod cmake_build;
+mod config;
+mod link;
+mod shim;
+mod source;
+
+fn main() {
+    let cfg = config::Config::from_env();
+    let src = source::llama_cpp_dir(&cfg);
+    let built = cmake_build::build(&cfg, &src);
+    // The shim references llama symbols, so it must precede them on the link line.
+    shim::compile(&src);
+    link::emit(&cfg, &built);
+    bindings::emit(&src);
+
+    // Metadata for crates that depend on llama-sys (`DEP_LLAMA_*`).
+    println!("cargo:root={}", built.prefix.display());
+    println!("cargo:include={}", src.join("include").display());
+    println!("cargo:src={}", src.display());
+    println!("cargo:lib={}", built.lib_dir.display());
+    println!("cargo:backends={}", cfg.backends().join(","));
+}

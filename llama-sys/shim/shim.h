@@ -1,0 +1,60 @@
+/* llama-rs exception shim.
+ *
+ * Every llama.cpp C API call that can throw a C++ exception is wrapped here in
+ * a noexcept function with a try/catch. Each returns 0 when the call completed
+ * (its own result is written through the last pointer) and -1 when it threw;
+ * the exception's message is then in llama_rs_last_error() (per thread). */
+#pragma once
+
+#include "llama.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Message of the last exception caught on this thread ("" if none). */
+const char * llama_rs_last_error(void);
+
+int llama_rs_model_load_from_file(const char * path, struct llama_model_params params,
+                                  struct llama_model ** out);
+int llama_rs_init_from_model(struct llama_model * model, struct llama_context_params params,
+                             struct llama_context ** out);
+int llama_rs_decode(struct llama_context * ctx, struct llama_batch batch, int32_t * ret);
+int llama_rs_encode(struct llama_context * ctx, struct llama_batch batch, int32_t * ret);
+
+int llama_rs_tokenize(const struct llama_vocab * vocab, const char * text, int32_t text_len,
+                      llama_token * tokens, int32_t n_tokens_max, bool add_special,
+                      bool parse_special, int32_t * ret);
+int llama_rs_token_to_piece(const struct llama_vocab * vocab, llama_token token, char * buf,
+                            int32_t length, int32_t lstrip, bool special, int32_t * ret);
+int llama_rs_detokenize(const struct llama_vocab * vocab, const llama_token * tokens,
+                        int32_t n_tokens, char * text, int32_t text_len_max, bool remove_special,
+                        bool unparse_special, int32_t * ret);
+
+int llama_rs_sampler_init_grammar(const struct llama_vocab * vocab, const char * grammar_str,
+                                  const char * grammar_root, struct llama_sampler ** out);
+int llama_rs_sampler_init_grammar_lazy_patterns(const struct llama_vocab * vocab,
+                                                const char * grammar_str, const char * grammar_root,
+                                                const char ** trigger_patterns,
+                                                size_t num_trigger_patterns,
+                                                const llama_token * trigger_tokens,
+                                                size_t num_trigger_tokens,
+                                                struct llama_sampler ** out);
+int llama_rs_sampler_init_dry(const struct llama_vocab * vocab, float dry_multiplier, float dry_base, int32_t dry_allowed_length,
+                              int32_t dry_penalty_last_n, const char ** seq_breakers,
+                              size_t num_breakers, struct llama_sampler ** out);
+int llama_rs_sampler_accept(struct llama_sampler * smpl, llama_token token);
+int llama_rs_sampler_apply(struct llama_sampler * smpl, llama_token_data_array * cur_p);
+int llama_rs_sampler_sample(struct llama_sampler * smpl, struct llama_context * ctx, int32_t idx,
+                            llama_token * out);
+int llama_rs_sampler_reset(struct llama_sampler * smpl);
+
+int llama_rs_chat_apply_template(const char * tmpl, const struct llama_chat_message * chat,
+                                 size_t n_msg, bool add_ass, char * buf, int32_t length,
+                                 int32_t * ret);
+int llama_rs_model_quantize(const char * fname_inp, const char * fname_out,
+                            const llama_model_quantize_params * params, uint32_t * ret);
+
+#ifdef __cplusplus
+}
+#endif

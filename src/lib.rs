@@ -1,0 +1,1 @@
+//! Host package for tests, examples and benchmarks.
