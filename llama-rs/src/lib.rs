@@ -1,1 +1,23 @@
+//! Safe, in-process llama.cpp for Rust: load GGUF models, tokenize, decode,
+//! sample and generate, on the CPU, on AMD GPUs (ROCm, feature `hip`) and on
+//! NVIDIA GPUs (feature `cuda`), across several GPUs with llama.cpp's split
+//! modes.
+//!
+//! Nothing safe code can do with this crate aborts the process: every input
+//! that llama.cpp would assert on is checked first, and every C++ exception is
+//! caught at the boundary and returned as an [`Error`].
+//!
+//! llama.cpp's log lines go to [`tracing`] (target `llama_cpp`); the library
+//! prints nothing by itself.
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+mod backend;
+mod error;
+mod ffi;
+
+pub use backend::{init, system_info};
+pub use error::{Error, Result};
+
+/// The raw FFI crate, for what the safe API does not cover yet.
 pub use llama_sys as sys;

@@ -47,9 +47,8 @@ fn static_libs(dir: &Path) -> Vec<String> {
 fn openmp_enabled(prefix: &Path) -> bool {
     let cache = prefix.join("build").join("CMakeCache.txt");
     let text = fs::read_to_string(cache).unwrap_or_default();
-    // ggml records OpenMP_FOUND only when GGML_OPENMP is on and OpenMP exists.
-    text.lines().any(|l| l.starts_with("GGML_OPENMP:BOOL=ON"))
-        && text.lines().any(|l| l.starts_with("OpenMP_C_FLAGS") || l.starts_with("OpenMP_gomp_LIBRARY"))
+    // ggml sets this only when GGML_OPENMP is on and OpenMP was found.
+    text.lines().any(|l| l.starts_with("GGML_OPENMP_ENABLED:INTERNAL=ON"))
 }
 
 fn cuda_libs() {

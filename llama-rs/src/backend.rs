@@ -1,0 +1,73 @@
+//! Process-wide llama.cpp state: backend initialisation (once) and the log
+//! bridge to `tracing`.
+
+use llama_sys as sys;
+use std::ffi::CStr;
+use std::os::raw::{c_char, c_void};
+use std::sync::{Mutex, Once};
+
+static INIT: Once = Once::new();
+
+/// Serialises calls that touch llama.cpp's global state (backend registry,
+/// logger) that the C library does not lock itself.
+pub(crate) static GLOBAL: Mutex<()> = Mutex::new(());
+
+/// Initialises llama.cpp once per process: logs to `tracing`, no gdb
+/// backtrace on abort, backends registered. Every constructor calls it; users
+/// may call it early to see llama.cpp's start-up logs.
+pub fn init() {
+    INIT.call_once(|| {
+        // ggml forks gdb to print a backtrace on abort unless told not to.
+        if std::env::var_os("GGML_NO_BACKTRACE").is_none() {
+            // Set once, before llama-rs starts any llama.cpp thread; ggml
+            // only reads it when aborting.
+            std::env::set_var("GGML_NO_BACKTRACE", "1");
+        }
+        let _guard = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `log_callback` matches ggml_log_callback, never unwinds, and
+        // needs no user data; llama_log_set also installs it for ggml.
+        unsafe { sys::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
+        // SAFETY: plain initialisation call, made once under the global lock.
+        unsafe { sys::llama_backend_init() };
+    });
+}
+
+thread_local! {
+    /// Level of the last message, for GGML_LOG_LEVEL_CONT continuations.
+    static LAST_LEVEL: std::cell::Cell<sys::ggml_log_level> = const { std::cell::Cell::new(sys::GGML_LOG_LEVEL_INFO) };
+}
+
+extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
+    if text.is_null() {
+        return;
+    }
+    // Nothing here may unwind into C.
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: checked non-null above; ggml passes a NUL-terminated string
+        // valid for the duration of the call.
+        let msg = unsafe { CStr::from_ptr(text) }.to_string_lossy();
+        let msg = msg.trim_end();
+        let level = if level == sys::GGML_LOG_LEVEL_CONT {
+            LAST_LEVEL.with(|l| l.get())
+        } else {
+            LAST_LEVEL.with(|l| l.set(level));
+            level
+        };
+        if msg.is_empty() {
+            return;
+        }
+        match level {
+            sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama_cpp", "{msg}"),
+            sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama_cpp", "{msg}"),
+            sys::GGML_LOG_LEVEL_INFO => tracing::info!(target: "llama_cpp", "{msg}"),
+            _ => tracing::debug!(target: "llama_cpp", "{msg}"),
+        }
+    });
+}
+
+/// llama.cpp's system information line (SIMD features, backends).
+pub fn system_info() -> String {
+    init();
+    // SAFETY: returns a pointer to a static buffer inside llama.cpp.
+    unsafe { crate::ffi::string_from_ptr(sys::llama_print_system_info()) }
+}

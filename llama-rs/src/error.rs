@@ -1,0 +1,116 @@
+//! The one error type of llama-rs.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in llama-rs. Each variant keeps llama.cpp's
+/// own message (where it gave one) and the offending value, and its text says
+/// how to fix the cause.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// llama.cpp could not load the model file.
+    #[error("cannot load model {path}: {message}")]
+    ModelLoad { path: PathBuf, message: String },
+
+    /// The file is not a model llama-rs will hand to llama.cpp (bad GGUF or
+    /// metadata that would make llama.cpp abort).
+    #[error("invalid model file {path}: {message}")]
+    InvalidModel { path: PathBuf, message: String },
+
+    /// The progress callback returned `false`.
+    #[error("model load of {path} cancelled by the progress callback")]
+    LoadCancelled { path: PathBuf },
+
+    /// llama.cpp could not create a context.
+    #[error("cannot create context: {message}")]
+    ContextCreate { message: String },
+
+    /// A parameter value that llama.cpp would reject or abort on.
+    #[error("invalid {name} = {value}: {reason}")]
+    InvalidParam { name: &'static str, value: String, reason: String },
+
+    /// A device index that does not exist.
+    #[error("device index {index} out of range: {count} device(s) available (see llama_rs::devices())")]
+    DeviceOutOfRange { index: usize, count: usize },
+
+    /// A multi-GPU setting that cannot work with the devices at hand.
+    #[error("split mode {mode}: {reason}")]
+    SplitMode { mode: &'static str, reason: String },
+
+    /// A tensor split entry that llama.cpp cannot use.
+    #[error("tensor split entry {index} = {value}: {reason}")]
+    TensorSplit { index: usize, value: f32, reason: String },
+
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary (valid ids: 0..{n_vocab})")]
+    InvalidToken { token: i32, n_vocab: i32 },
+
+    /// A sequence id outside the context's sequences.
+    #[error("sequence id {seq_id} out of range: the context has n_seq_max = {n_seq_max} (valid ids: 0..{n_seq_max})")]
+    InvalidSeqId { seq_id: i32, n_seq_max: u32 },
+
+    /// The batch has no room for another token.
+    #[error("batch full: its capacity is {capacity} tokens (create a larger Batch)")]
+    BatchFull { capacity: usize },
+
+    /// A batch that the context cannot take in one call.
+    #[error("batch of {n_tokens} tokens: {reason}")]
+    BatchInvalid { n_tokens: usize, reason: String },
+
+    /// llama_decode/llama_encode returned an error code.
+    #[error("decode failed (code {code}): {message}")]
+    Decode { code: i32, message: String },
+
+    /// Logits asked for a batch row that was not marked as an output.
+    #[error("no logits for batch row {index}: {reason}")]
+    NoLogits { index: i32, reason: String },
+
+    /// A sampler could not be built or used.
+    #[error("sampler: {message}")]
+    Sampler { message: String },
+
+    /// Tokenization or detokenization failed.
+    #[error("tokenizer: {message}")]
+    Tokenize { message: String },
+
+    /// Chat template application failed.
+    #[error("chat template: {message}")]
+    ChatTemplate { message: String },
+
+    /// Quantization failed.
+    #[error("quantize {path}: {message}")]
+    Quantize { path: PathBuf, message: String },
+
+    /// A KV cache (memory) operation that llama.cpp does not support here.
+    #[error("memory operation {op}: {reason}")]
+    Memory { op: &'static str, reason: String },
+
+    /// A string passed to llama.cpp contained a NUL byte.
+    #[error("{what} contains a NUL byte at offset {position}")]
+    Nul { what: &'static str, position: usize },
+
+    /// A C++ exception was caught at the llama.cpp boundary.
+    #[error("llama.cpp threw in {function}: {message}")]
+    Exception { function: &'static str, message: String },
+
+    /// A user callback panicked; the panic was caught at the C boundary.
+    #[error("callback panicked: {message}")]
+    CallbackPanic { message: String },
+
+    /// Writing or reading a file failed.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn invalid(name: &'static str, value: impl std::fmt::Display, reason: impl Into<String>) -> Error {
+        Error::InvalidParam { name, value: value.to_string(), reason: reason.into() }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io { path: path.into(), source }
+    }
+}

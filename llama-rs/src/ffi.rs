@@ -1,0 +1,59 @@
+//! Helpers at the C boundary: C strings and the exception shim.
+
+use crate::error::{Error, Result};
+use llama_sys as sys;
+use std::ffi::{CStr, CString};
+
+/// Converts to a C string, naming `what` if it contains NUL.
+pub(crate) fn cstring(what: &'static str, s: &str) -> Result<CString> {
+    CString::new(s).map_err(|e| Error::Nul { what, position: e.nul_position() })
+}
+
+/// Message of the last C++ exception caught by the shim on this thread.
+pub(crate) fn last_exception() -> String {
+    // SAFETY: the shim returns a pointer to a thread-local std::string's
+    // buffer, valid and NUL-terminated until the next shim call on this thread;
+    // it is copied out at once.
+    unsafe { CStr::from_ptr(sys::llama_rs_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// Turns a shim status (0 = completed, else threw) into a Result.
+pub(crate) fn check_shim(function: &'static str, status: i32) -> Result<()> {
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(Error::Exception { function, message: last_exception() })
+    }
+}
+
+/// Copies a C string owned by llama.cpp; null gives "".
+///
+/// # Safety
+/// `ptr` is null or points to a NUL-terminated string that stays valid for
+/// the duration of the call.
+pub(crate) unsafe fn string_from_ptr(ptr: *const std::os::raw::c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: non-null and NUL-terminated per the caller's contract.
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+}
+
+/// Calls a C function that writes a string into a buffer and returns the
+/// length it needed (snprintf style); grows the buffer once if needed.
+pub(crate) fn string_from_buffer(mut f: impl FnMut(*mut std::os::raw::c_char, usize) -> i32) -> Option<String> {
+    let mut buf = vec![0u8; 256];
+    for _ in 0..2 {
+        let n = f(buf.as_mut_ptr().cast(), buf.len());
+        if n < 0 {
+            return None;
+        }
+        let n = n as usize;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        buf.resize(n + 1, 0);
+    }
+    None
+}
