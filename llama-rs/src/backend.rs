@@ -35,6 +35,25 @@ pub fn init() {
 thread_local! {
     /// Level of the last message, for GGML_LOG_LEVEL_CONT continuations.
     static LAST_LEVEL: std::cell::Cell<sys::ggml_log_level> = const { std::cell::Cell::new(sys::GGML_LOG_LEVEL_INFO) };
+    /// The last error line llama.cpp logged on this thread: most C calls only
+    /// return NULL or -1, and this line is the reason they give.
+    static LAST_ERROR: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// Forgets the last logged error of this thread (call before a C call).
+pub(crate) fn clear_log_error() {
+    LAST_ERROR.with(|e| e.borrow_mut().clear());
+}
+
+/// The last error llama.cpp logged on this thread since [`clear_log_error`],
+/// or `fallback`.
+pub(crate) fn log_error_or(fallback: &str) -> String {
+    let msg = LAST_ERROR.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    if msg.is_empty() {
+        fallback.to_string()
+    } else {
+        msg
+    }
 }
 
 extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
@@ -57,7 +76,15 @@ extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _use
             return;
         }
         match level {
-            sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama_cpp", "{msg}"),
+            sys::GGML_LOG_LEVEL_ERROR => {
+                LAST_ERROR.with(|e| {
+                    if let Ok(mut e) = e.try_borrow_mut() {
+                        e.clear();
+                        e.push_str(msg);
+                    }
+                });
+                tracing::error!(target: "llama_cpp", "{msg}")
+            }
             sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama_cpp", "{msg}"),
             sys::GGML_LOG_LEVEL_INFO => tracing::info!(target: "llama_cpp", "{msg}"),
             _ => tracing::debug!(target: "llama_cpp", "{msg}"),

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 /// how to fix the cause.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+#[allow(missing_docs)] // fields are named for what they hold; the messages say the rest
 pub enum Error {
     /// llama.cpp could not load the model file.
     #[error("cannot load model {path}: {message}")]

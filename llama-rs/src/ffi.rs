@@ -57,3 +57,14 @@ pub(crate) fn string_from_buffer(mut f: impl FnMut(*mut std::os::raw::c_char, us
     }
     None
 }
+
+/// Text of a caught panic payload.
+pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

@@ -13,11 +13,21 @@
 #![warn(missing_docs)]
 
 mod backend;
+mod batch;
+mod context;
+mod device;
 mod error;
 mod ffi;
+mod model;
+mod vocab;
 
 pub use backend::{init, system_info};
+pub use batch::{Batch, Pos, SeqId};
+pub use context::{Context, ContextParams, FlashAttention, KvType, PerfContext};
+pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use error::{Error, Result};
+pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
+pub use vocab::{Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.
 pub use llama_sys as sys;

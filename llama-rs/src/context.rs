@@ -1,0 +1,676 @@
+//! A context: the KV cache and compute state for decoding with a [`Model`].
+
+use crate::backend::{clear_log_error, log_error_or};
+use crate::batch::{Batch, Pos, SeqId};
+use crate::error::{Error, Result};
+use crate::ffi::check_shim;
+use crate::model::{Model, SplitMode};
+use crate::vocab::Vocab;
+use llama_sys as sys;
+use std::ops::{Bound, RangeBounds};
+use std::ptr::NonNull;
+
+/// When to use flash attention.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum FlashAttention {
+    /// llama.cpp decides per device (the default).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never (not allowed with [`SplitMode::Tensor`]).
+    Off,
+}
+
+impl std::str::FromStr for FlashAttention {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<FlashAttention> {
+        match s {
+            "auto" | "-1" => Ok(FlashAttention::Auto),
+            "on" | "1" | "true" => Ok(FlashAttention::On),
+            "off" | "0" | "false" => Ok(FlashAttention::Off),
+            _ => Err(Error::invalid("flash attention", s, "expected auto, on or off")),
+        }
+    }
+}
+
+/// Element type of the KV cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KvType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float (the default).
+    #[default]
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit quantized.
+    Q8_0,
+    /// 4-bit quantized.
+    Q4_0,
+    /// 4-bit quantized with offset.
+    Q4_1,
+    /// 4-bit non-linear.
+    Iq4Nl,
+    /// 5-bit quantized.
+    Q5_0,
+    /// 5-bit quantized with offset.
+    Q5_1,
+}
+
+impl KvType {
+    pub(crate) fn raw(self) -> sys::ggml_type {
+        match self {
+            KvType::F32 => sys::GGML_TYPE_F32,
+            KvType::F16 => sys::GGML_TYPE_F16,
+            KvType::Bf16 => sys::GGML_TYPE_BF16,
+            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+            KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
+            KvType::Q4_1 => sys::GGML_TYPE_Q4_1,
+            KvType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
+            KvType::Q5_0 => sys::GGML_TYPE_Q5_0,
+            KvType::Q5_1 => sys::GGML_TYPE_Q5_1,
+        }
+    }
+
+    /// The name llama-bench uses: `f16`, `q8_0`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+            KvType::Bf16 => "bf16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+            KvType::Q4_1 => "q4_1",
+            KvType::Iq4Nl => "iq4_nl",
+            KvType::Q5_0 => "q5_0",
+            KvType::Q5_1 => "q5_1",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<KvType> {
+        [
+            KvType::F32,
+            KvType::F16,
+            KvType::Bf16,
+            KvType::Q8_0,
+            KvType::Q4_0,
+            KvType::Q4_1,
+            KvType::Iq4Nl,
+            KvType::Q5_0,
+            KvType::Q5_1,
+        ]
+        .into_iter()
+        .find(|t| t.name() == s)
+        .ok_or_else(|| Error::invalid("KV cache type", s, "expected f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0 or q5_1"))
+    }
+}
+
+/// Parameters for [`Model::new_context`]. Defaults: context length from the
+/// model, n_batch 2048, n_ubatch 512, one sequence, all CPU threads, flash
+/// attention auto, F16 KV cache, no embeddings.
+#[derive(Clone, Debug)]
+pub struct ContextParams {
+    /// Context length in tokens; `None` = the model's training length.
+    /// llama.cpp pads it (read back [`Context::n_ctx`]).
+    pub n_ctx: Option<u32>,
+    /// Most tokens one `decode` call may take.
+    pub n_batch: u32,
+    /// Physical batch size llama.cpp computes at once (<= n_batch).
+    pub n_ubatch: u32,
+    /// Number of sequences (distinct KV states) the context holds.
+    pub n_seq_max: u32,
+    /// Threads for single-token decoding.
+    pub n_threads: u32,
+    /// Threads for prompt (batch) decoding.
+    pub n_threads_batch: u32,
+    /// Flash attention.
+    pub flash_attention: FlashAttention,
+    /// K cache type.
+    pub type_k: KvType,
+    /// V cache type (quantized types need flash attention).
+    pub type_v: KvType,
+    /// Also compute embeddings.
+    pub embeddings: bool,
+    /// Keep the KV cache and attention on the GPU (default true).
+    pub offload_kqv: bool,
+    /// Skip performance counters.
+    pub no_perf: bool,
+}
+
+impl Default for ContextParams {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get() as u32);
+        ContextParams {
+            n_ctx: None,
+            n_batch: 2048,
+            n_ubatch: 512,
+            n_seq_max: 1,
+            n_threads: threads,
+            n_threads_batch: threads,
+            flash_attention: FlashAttention::Auto,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
+            embeddings: false,
+            offload_kqv: true,
+            no_perf: false,
+        }
+    }
+}
+
+impl ContextParams {
+    /// Sets the context length.
+    pub fn n_ctx(mut self, n: u32) -> Self {
+        self.n_ctx = Some(n);
+        self
+    }
+    /// Sets n_batch (and lowers n_ubatch to it if needed).
+    pub fn n_batch(mut self, n: u32) -> Self {
+        self.n_batch = n;
+        self.n_ubatch = self.n_ubatch.min(n);
+        self
+    }
+    /// Sets n_ubatch.
+    pub fn n_ubatch(mut self, n: u32) -> Self {
+        self.n_ubatch = n;
+        self
+    }
+    /// Sets the number of sequences.
+    pub fn n_seq_max(mut self, n: u32) -> Self {
+        self.n_seq_max = n;
+        self
+    }
+    /// Sets both thread counts.
+    pub fn threads(mut self, n: u32) -> Self {
+        self.n_threads = n;
+        self.n_threads_batch = n;
+        self
+    }
+    /// Sets flash attention.
+    pub fn flash_attention(mut self, fa: FlashAttention) -> Self {
+        self.flash_attention = fa;
+        self
+    }
+    /// Sets both KV cache types.
+    pub fn kv_type(mut self, t: KvType) -> Self {
+        self.type_k = t;
+        self.type_v = t;
+        self
+    }
+    /// Enables embeddings output.
+    pub fn embeddings(mut self, yes: bool) -> Self {
+        self.embeddings = yes;
+        self
+    }
+
+    fn validate(&self, model: &Model) -> Result<()> {
+        let nonzero = |name: &'static str, v: u32| {
+            if v == 0 || v > i32::MAX as u32 {
+                Err(Error::invalid(name, v, "must be between 1 and i32::MAX"))
+            } else {
+                Ok(())
+            }
+        };
+        nonzero("n_batch", self.n_batch)?;
+        nonzero("n_ubatch", self.n_ubatch)?;
+        nonzero("n_seq_max", self.n_seq_max)?;
+        nonzero("n_threads", self.n_threads)?;
+        nonzero("n_threads_batch", self.n_threads_batch)?;
+        if let Some(n) = self.n_ctx {
+            nonzero("n_ctx", n)?;
+        }
+        // SAFETY: pure query.
+        let max_seq = unsafe { sys::llama_max_parallel_sequences() };
+        if self.n_seq_max as usize > max_seq {
+            return Err(Error::invalid("n_seq_max", self.n_seq_max, format!("llama.cpp supports at most {max_seq}")));
+        }
+        if model.split_mode() == SplitMode::Tensor && self.flash_attention == FlashAttention::Off {
+            return Err(Error::SplitMode {
+                mode: "tensor",
+                reason: "needs flash attention: use FlashAttention::Auto or On".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Performance counters of a context (llama.cpp's own timings).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PerfContext {
+    /// Model load time, ms.
+    pub load_ms: f64,
+    /// Time spent on prompt (multi-token) decodes, ms.
+    pub prompt_eval_ms: f64,
+    /// Time spent on single-token decodes, ms.
+    pub eval_ms: f64,
+    /// Tokens decoded as prompt.
+    pub n_prompt_tokens: i32,
+    /// Tokens decoded one at a time.
+    pub n_eval_tokens: i32,
+}
+
+/// Decoding state on a [`Model`]: KV cache, logits, threads.
+///
+/// `Send` but not `Sync`: move it to another thread, but do not share it;
+/// llama.cpp does no locking inside a context. It borrows its model, so it
+/// cannot outlive it:
+///
+/// ```compile_fail
+/// # fn f() -> llama_rs::Result<()> {
+/// let ctx = {
+///     let model = llama_rs::Model::load("model.gguf")?;
+///     model.new_context(Default::default())?
+/// }; // error: `model` does not live long enough
+/// # drop(ctx); Ok(()) }
+/// ```
+///
+/// ```compile_fail
+/// fn needs_sync<T: Sync>() {}
+/// needs_sync::<llama_rs::Context<'static>>();
+/// ```
+pub struct Context<'m> {
+    ptr: NonNull<sys::llama_context>,
+    model: &'m Model,
+    n_ctx: u32,
+    n_batch: u32,
+    n_ubatch: u32,
+    n_seq_max: u32,
+    n_vocab: i32,
+    embeddings: bool,
+    /// Output flags of the rows of the last successful decode.
+    outputs: Vec<i8>,
+}
+
+// SAFETY: a llama_context may be used from any thread, one at a time; `&mut
+// self` on every mutating method and the missing Sync ensure that. The model
+// it borrows is Sync.
+unsafe impl Send for Context<'_> {}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("n_ctx", &self.n_ctx)
+            .field("n_batch", &self.n_batch)
+            .field("n_ubatch", &self.n_ubatch)
+            .field("n_seq_max", &self.n_seq_max)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Creates a context on this model. Parameters are checked first; the
+    /// values llama.cpp actually chose (padding, clamping) are read back.
+    pub fn new_context(&self, params: ContextParams) -> Result<Context<'_>> {
+        params.validate(self)?;
+        // SAFETY: plain struct of defaults.
+        let mut raw = unsafe { sys::llama_context_default_params() };
+        raw.n_ctx = params.n_ctx.unwrap_or(0);
+        raw.n_batch = params.n_batch;
+        raw.n_ubatch = params.n_ubatch.min(params.n_batch);
+        raw.n_seq_max = params.n_seq_max;
+        raw.n_threads = params.n_threads as i32;
+        raw.n_threads_batch = params.n_threads_batch as i32;
+        raw.flash_attn_type = match params.flash_attention {
+            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        raw.type_k = params.type_k.raw();
+        raw.type_v = params.type_v.raw();
+        raw.embeddings = params.embeddings;
+        raw.offload_kqv = params.offload_kqv;
+        raw.no_perf = params.no_perf;
+
+        let mut ctx: *mut sys::llama_context = std::ptr::null_mut();
+        let status = {
+            // Context creation writes to the model: one at a time per model.
+            let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+            clear_log_error();
+            // SAFETY: live model, plain parameter struct; the shim catches
+            // C++ exceptions.
+            unsafe { sys::llama_rs_init_from_model(self.as_ptr(), raw, &mut ctx) }
+        };
+        check_shim("llama_init_from_model", status)?;
+        let ptr = NonNull::new(ctx)
+            .ok_or_else(|| Error::ContextCreate { message: log_error_or("llama.cpp returned no context") })?;
+        // SAFETY: live context.
+        let (n_ctx, n_batch, n_ubatch, n_seq_max) = unsafe {
+            let c = ptr.as_ptr();
+            (sys::llama_n_ctx(c), sys::llama_n_batch(c), sys::llama_n_ubatch(c), sys::llama_n_seq_max(c))
+        };
+        Ok(Context {
+            ptr,
+            model: self,
+            n_ctx,
+            n_batch,
+            n_ubatch,
+            n_seq_max,
+            n_vocab: self.vocab().n_tokens(),
+            embeddings: params.embeddings,
+            outputs: Vec::with_capacity(n_batch as usize),
+        })
+    }
+}
+
+fn pos_range(r: impl RangeBounds<Pos>) -> Result<(Pos, Pos)> {
+    let p0 = match r.start_bound() {
+        Bound::Unbounded => -1,
+        Bound::Included(&p) => p,
+        Bound::Excluded(&p) => p.saturating_add(1),
+    };
+    let p1 = match r.end_bound() {
+        Bound::Unbounded => -1,
+        Bound::Excluded(&p) => p,
+        Bound::Included(&p) => p.saturating_add(1),
+    };
+    if (p0 < 0 && !matches!(r.start_bound(), Bound::Unbounded)) || (p1 < 0 && !matches!(r.end_bound(), Bound::Unbounded))
+    {
+        return Err(Error::invalid("position range", format!("{p0}..{p1}"), "positions are >= 0"));
+    }
+    Ok((p0, p1))
+}
+
+impl<'m> Context<'m> {
+    pub(crate) fn as_ptr(&self) -> *mut sys::llama_context {
+        self.ptr.as_ptr()
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// The model's vocabulary.
+    pub fn vocab(&self) -> Vocab<'m> {
+        self.model.vocab()
+    }
+
+    /// Context length actually allocated (llama.cpp pads the request).
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+    /// Most tokens one decode call takes.
+    pub fn n_batch(&self) -> u32 {
+        self.n_batch
+    }
+    /// Physical batch size.
+    pub fn n_ubatch(&self) -> u32 {
+        self.n_ubatch
+    }
+    /// Number of sequences.
+    pub fn n_seq_max(&self) -> u32 {
+        self.n_seq_max
+    }
+
+    /// Threads used for single-token and batch decoding.
+    pub fn threads(&self) -> (u32, u32) {
+        // SAFETY: live context.
+        unsafe { (sys::llama_n_threads(self.as_ptr()) as u32, sys::llama_n_threads_batch(self.as_ptr()) as u32) }
+    }
+
+    /// Changes the thread counts.
+    pub fn set_threads(&mut self, n_threads: u32, n_threads_batch: u32) -> Result<()> {
+        for (name, v) in [("n_threads", n_threads), ("n_threads_batch", n_threads_batch)] {
+            if v == 0 || v > i32::MAX as u32 {
+                return Err(Error::invalid(name, v, "must be between 1 and i32::MAX"));
+            }
+        }
+        // SAFETY: live context, valid counts.
+        unsafe { sys::llama_set_n_threads(self.as_ptr(), n_threads as i32, n_threads_batch as i32) };
+        Ok(())
+    }
+
+    fn check_seq(&self, seq_id: SeqId) -> Result<()> {
+        if seq_id < 0 || seq_id as u32 >= self.n_seq_max {
+            Err(Error::InvalidSeqId { seq_id, n_seq_max: self.n_seq_max })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a batch against everything llama.cpp would abort on.
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let n = batch.len();
+        if n == 0 {
+            return Err(Error::BatchInvalid { n_tokens: 0, reason: "the batch is empty".into() });
+        }
+        if n > self.n_batch as usize {
+            return Err(Error::BatchInvalid {
+                n_tokens: n,
+                reason: format!(
+                    "more than the context's n_batch = {}: split it, or create the context with a larger n_batch",
+                    self.n_batch
+                ),
+            });
+        }
+        // SAFETY: live context.
+        let causal = unsafe { sys::llama_get_causal_attn(self.as_ptr()) };
+        if !causal && n > self.n_ubatch as usize {
+            return Err(Error::BatchInvalid {
+                n_tokens: n,
+                reason: format!("non-causal attention needs the whole batch in one ubatch (n_ubatch = {})", self.n_ubatch),
+            });
+        }
+        for &t in batch.tokens() {
+            if t.0 < 0 || t.0 >= self.n_vocab {
+                return Err(Error::InvalidToken { token: t.0, n_vocab: self.n_vocab });
+            }
+        }
+        for i in 0..n {
+            for &s in batch.seq_ids_of(i) {
+                self.check_seq(s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes a batch: runs the model on its tokens and fills the KV cache;
+    /// logits of the rows marked as outputs are then available through
+    /// [`logits`](Self::logits).
+    pub fn decode(&mut self, batch: &mut Batch) -> Result<()> {
+        self.check_batch(batch)?;
+        self.outputs.clear();
+        let raw = batch.as_raw();
+        let mut ret = 0i32;
+        clear_log_error();
+        // SAFETY: the batch was checked above (size, ids, sequences); its
+        // buffers outlive the call; the shim catches C++ exceptions.
+        let status = unsafe { sys::llama_rs_decode(self.as_ptr(), raw, &mut ret) };
+        check_shim("llama_decode", status)?;
+        match ret {
+            0 => {
+                self.outputs.extend_from_slice(batch.output_flags());
+                Ok(())
+            }
+            1 => Err(Error::Decode {
+                code: 1,
+                message: log_error_or(
+                    "no KV cache slot for the batch: the context is full (clear sequences or use a larger n_ctx)",
+                ),
+            }),
+            2 => Err(Error::Decode { code: 2, message: "aborted".into() }),
+            code => Err(Error::Decode { code, message: log_error_or("llama_decode failed") }),
+        }
+    }
+
+    /// Checks that row `i` of the last decoded batch has outputs.
+    pub(crate) fn check_output(&self, i: i32) -> Result<()> {
+        if self.outputs.is_empty() {
+            return Err(Error::NoLogits { index: i, reason: "nothing decoded yet".into() });
+        }
+        match usize::try_from(i).ok().and_then(|u| self.outputs.get(u)) {
+            None => Err(Error::NoLogits {
+                index: i,
+                reason: format!("the last batch had {} rows", self.outputs.len()),
+            }),
+            Some(0) => Err(Error::NoLogits { index: i, reason: "the row was not marked for logits in the batch".into() }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Index of the last output row of the last decode, if any.
+    pub fn last_output(&self) -> Option<i32> {
+        self.outputs.iter().rposition(|&o| o != 0).map(|i| i as i32)
+    }
+
+    /// Logits (one per vocabulary entry) of row `i` of the last decoded
+    /// batch, read in place: no copy. The row must have been marked for logits.
+    pub fn logits(&self, i: i32) -> Result<&[f32]> {
+        self.check_output(i)?;
+        // SAFETY: row i is an output of the last decode (checked), so
+        // llama.cpp returns its row of n_vocab floats, valid until the next
+        // decode, which needs &mut self.
+        let ptr = unsafe { sys::llama_get_logits_ith(self.as_ptr(), i) };
+        if ptr.is_null() {
+            return Err(Error::NoLogits { index: i, reason: log_error_or("llama.cpp has no logits for it") });
+        }
+        // SAFETY: see above; n_vocab floats.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, self.n_vocab as usize) })
+    }
+
+    /// Embeddings of row `i` (contexts created with `embeddings(true)`).
+    pub fn embeddings(&self, i: i32) -> Result<&[f32]> {
+        if !self.embeddings {
+            return Err(Error::NoLogits { index: i, reason: "the context was created without embeddings".into() });
+        }
+        self.check_output(i)?;
+        // SAFETY: as for logits; n_embd floats per row.
+        let ptr = unsafe { sys::llama_get_embeddings_ith(self.as_ptr(), i) };
+        if ptr.is_null() {
+            return Err(Error::NoLogits { index: i, reason: log_error_or("llama.cpp has no embeddings for it") });
+        }
+        // SAFETY: n_embd floats owned by the context, valid until the next decode.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, self.model.n_embd() as usize) })
+    }
+
+    fn memory(&self) -> sys::llama_memory_t {
+        // SAFETY: live context.
+        unsafe { sys::llama_get_memory(self.as_ptr()) }
+    }
+
+    fn check_shift(&self, op: &'static str) -> Result<()> {
+        // SAFETY: live memory handle.
+        if unsafe { sys::llama_memory_can_shift(self.memory()) } {
+            Ok(())
+        } else {
+            Err(Error::Memory { op, reason: "this model's memory cannot shift positions".into() })
+        }
+    }
+
+    /// Empties the KV cache; `data` also zeroes the buffers.
+    pub fn clear_kv(&mut self, data: bool) {
+        // SAFETY: live memory handle.
+        unsafe { sys::llama_memory_clear(self.memory(), data) };
+        self.outputs.clear();
+    }
+
+    /// Removes positions `range` of sequence `seq` (`None`: every sequence).
+    /// Returns false if the memory could not remove a partial range
+    /// (recurrent models).
+    pub fn seq_rm(&mut self, seq: Option<SeqId>, range: impl RangeBounds<Pos>) -> Result<bool> {
+        if let Some(s) = seq {
+            self.check_seq(s)?;
+        }
+        let (p0, p1) = pos_range(range)?;
+        // SAFETY: sequence id checked (or -1 = all), positions >= 0 or -1.
+        Ok(unsafe { sys::llama_memory_seq_rm(self.memory(), seq.unwrap_or(-1), p0, p1) })
+    }
+
+    /// Copies positions `range` of sequence `src` to sequence `dst`.
+    pub fn seq_cp(&mut self, src: SeqId, dst: SeqId, range: impl RangeBounds<Pos>) -> Result<()> {
+        self.check_seq(src)?;
+        self.check_seq(dst)?;
+        let (p0, p1) = pos_range(range)?;
+        // SAFETY: both ids checked, positions valid.
+        unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, p0, p1) };
+        Ok(())
+    }
+
+    /// Removes every sequence but `seq`.
+    pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
+        self.check_seq(seq)?;
+        // SAFETY: id checked.
+        unsafe { sys::llama_memory_seq_keep(self.memory(), seq) };
+        Ok(())
+    }
+
+    /// Adds `delta` to the positions `range` of sequence `seq` (`None`: all).
+    pub fn seq_add(&mut self, seq: Option<SeqId>, range: impl RangeBounds<Pos>, delta: Pos) -> Result<()> {
+        if let Some(s) = seq {
+            self.check_seq(s)?;
+        }
+        self.check_shift("seq_add")?;
+        let (p0, p1) = pos_range(range)?;
+        // SAFETY: id checked, positions valid, the memory can shift.
+        unsafe { sys::llama_memory_seq_add(self.memory(), seq.unwrap_or(-1), p0, p1, delta) };
+        Ok(())
+    }
+
+    /// Divides the positions `range` of sequence `seq` (`None`: all) by `d` (>= 1).
+    pub fn seq_div(&mut self, seq: Option<SeqId>, range: impl RangeBounds<Pos>, d: i32) -> Result<()> {
+        if let Some(s) = seq {
+            self.check_seq(s)?;
+        }
+        if d < 1 {
+            return Err(Error::invalid("divisor", d, "must be >= 1"));
+        }
+        self.check_shift("seq_div")?;
+        let (p0, p1) = pos_range(range)?;
+        // SAFETY: id checked, d >= 1, the memory can shift.
+        unsafe { sys::llama_memory_seq_div(self.memory(), seq.unwrap_or(-1), p0, p1, d) };
+        Ok(())
+    }
+
+    /// Smallest position of sequence `seq` in the cache, `None` if empty.
+    pub fn seq_pos_min(&self, seq: SeqId) -> Result<Option<Pos>> {
+        self.check_seq(seq)?;
+        // SAFETY: id checked.
+        let p = unsafe { sys::llama_memory_seq_pos_min(self.memory(), seq) };
+        Ok((p >= 0).then_some(p))
+    }
+
+    /// Largest position of sequence `seq` in the cache, `None` if empty.
+    pub fn seq_pos_max(&self, seq: SeqId) -> Result<Option<Pos>> {
+        self.check_seq(seq)?;
+        // SAFETY: id checked.
+        let p = unsafe { sys::llama_memory_seq_pos_max(self.memory(), seq) };
+        Ok((p >= 0).then_some(p))
+    }
+
+    /// llama.cpp's performance counters for this context.
+    pub fn perf(&self) -> PerfContext {
+        // SAFETY: live context.
+        let p = unsafe { sys::llama_perf_context(self.as_ptr()) };
+        PerfContext {
+            load_ms: p.t_load_ms,
+            prompt_eval_ms: p.t_p_eval_ms,
+            eval_ms: p.t_eval_ms,
+            n_prompt_tokens: p.n_p_eval,
+            n_eval_tokens: p.n_eval,
+        }
+    }
+
+    /// Resets the performance counters.
+    pub fn reset_perf(&mut self) {
+        // SAFETY: live context.
+        unsafe { sys::llama_perf_context_reset(self.as_ptr()) };
+    }
+
+    /// Waits for pending GPU work of the last decode.
+    pub fn synchronize(&mut self) {
+        // SAFETY: live context.
+        unsafe { sys::llama_synchronize(self.as_ptr()) };
+    }
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by llama_init_from_model, freed once, before its
+        // model (the borrow guarantees the model is alive).
+        unsafe { sys::llama_free(self.as_ptr()) };
+    }
+}

@@ -1,0 +1,292 @@
+//! Tokens and the vocabulary: tokenize, detokenize, pieces, special tokens.
+
+use crate::error::{Error, Result};
+use crate::ffi::{check_shim, string_from_ptr};
+use llama_sys as sys;
+use std::marker::PhantomData;
+
+/// A token id. `repr(transparent)`: a `&[Token]` is passed to llama.cpp as is.
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Token(pub i32);
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Tokenizer family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VocabType {
+    /// No vocabulary.
+    None,
+    /// SentencePiece (llama, mistral) with byte fallback.
+    Spm,
+    /// Byte-level BPE (GPT-2 style: llama 3, qwen, ...).
+    Bpe,
+    /// WordPiece (BERT).
+    Wpm,
+    /// T5's unigram.
+    Ugm,
+    /// RWKV.
+    Rwkv,
+    /// Another type this crate does not name.
+    Other(u32),
+}
+
+/// The vocabulary of a [`Model`](crate::Model), borrowed from it.
+#[derive(Clone, Copy)]
+pub struct Vocab<'m> {
+    ptr: *const sys::llama_vocab,
+    n_tokens: i32,
+    _model: PhantomData<&'m crate::Model>,
+}
+
+// SAFETY: a vocabulary is immutable after load; llama.cpp only reads it.
+unsafe impl Send for Vocab<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Vocab<'_> {}
+
+impl std::fmt::Debug for Vocab<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocab").field("n_tokens", &self.n_tokens).field("type", &self.vocab_type()).finish()
+    }
+}
+
+impl<'m> Vocab<'m> {
+    pub(crate) fn new(ptr: *const sys::llama_vocab) -> Vocab<'m> {
+        // SAFETY: ptr comes from llama_model_get_vocab of a live model.
+        let n_tokens = unsafe { sys::llama_vocab_n_tokens(ptr) };
+        Vocab { ptr, n_tokens, _model: PhantomData }
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const sys::llama_vocab {
+        self.ptr
+    }
+
+    /// Number of tokens; valid ids are `0..n_tokens`.
+    pub fn n_tokens(&self) -> i32 {
+        self.n_tokens
+    }
+
+    /// The tokenizer family.
+    pub fn vocab_type(&self) -> VocabType {
+        // SAFETY: live vocab.
+        match unsafe { sys::llama_vocab_type(self.ptr) } {
+            sys::LLAMA_VOCAB_TYPE_NONE => VocabType::None,
+            sys::LLAMA_VOCAB_TYPE_SPM => VocabType::Spm,
+            sys::LLAMA_VOCAB_TYPE_BPE => VocabType::Bpe,
+            sys::LLAMA_VOCAB_TYPE_WPM => VocabType::Wpm,
+            sys::LLAMA_VOCAB_TYPE_UGM => VocabType::Ugm,
+            sys::LLAMA_VOCAB_TYPE_RWKV => VocabType::Rwkv,
+            other => VocabType::Other(other),
+        }
+    }
+
+    /// Checks that `token` is a valid id of this vocabulary.
+    pub fn check(&self, token: Token) -> Result<()> {
+        if token.0 < 0 || token.0 >= self.n_tokens {
+            Err(Error::InvalidToken { token: token.0, n_vocab: self.n_tokens })
+        } else {
+            Ok(())
+        }
+    }
+
+    fn special(&self, f: unsafe extern "C" fn(*const sys::llama_vocab) -> sys::llama_token) -> Option<Token> {
+        // SAFETY: `f` is one of the llama_vocab_* special-token getters, which
+        // only read the live vocab.
+        let t = unsafe { f(self.ptr) };
+        (t >= 0 && t < self.n_tokens).then_some(Token(t))
+    }
+
+    /// Beginning-of-sequence token.
+    pub fn bos(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_bos)
+    }
+    /// End-of-sequence token.
+    pub fn eos(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_eos)
+    }
+    /// End-of-turn token.
+    pub fn eot(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_eot)
+    }
+    /// Newline token.
+    pub fn nl(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_nl)
+    }
+    /// Padding token.
+    pub fn pad(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_pad)
+    }
+
+    /// Whether tokenize with `add_special` prepends BOS.
+    pub fn add_bos(&self) -> bool {
+        // SAFETY: live vocab.
+        unsafe { sys::llama_vocab_get_add_bos(self.ptr) }
+    }
+
+    /// True if `token` ends generation (EOS, EOT, ...); false for ids outside
+    /// the vocabulary.
+    pub fn is_eog(&self, token: Token) -> bool {
+        // SAFETY: id checked against the vocabulary first.
+        self.check(token).is_ok() && unsafe { sys::llama_vocab_is_eog(self.ptr, token.0) }
+    }
+
+    /// True if `token` is a control token; false for ids outside the vocabulary.
+    pub fn is_control(&self, token: Token) -> bool {
+        // SAFETY: id checked against the vocabulary first.
+        self.check(token).is_ok() && unsafe { sys::llama_vocab_is_control(self.ptr, token.0) }
+    }
+
+    /// The token's text as stored in the vocabulary (e.g. `▁the`, `<0x0A>`).
+    pub fn token_text(&self, token: Token) -> Result<String> {
+        self.check(token)?;
+        // SAFETY: id checked; the string is owned by the vocab and copied.
+        Ok(unsafe { string_from_ptr(sys::llama_vocab_get_text(self.ptr, token.0)) })
+    }
+
+    /// The token's score.
+    pub fn token_score(&self, token: Token) -> Result<f32> {
+        self.check(token)?;
+        // SAFETY: id checked.
+        Ok(unsafe { sys::llama_vocab_get_score(self.ptr, token.0) })
+    }
+
+    /// Tokenizes `text`. `add_special` adds BOS/EOS as the model asks;
+    /// `parse_special` turns special-token text (e.g. `<|eot_id|>`) into
+    /// special tokens instead of plain text.
+    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
+        let mut out = Vec::new();
+        self.tokenize_into(text, add_special, parse_special, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`tokenize`](Self::tokenize), appending to `out` (no allocation when
+    /// it has room).
+    pub fn tokenize_into(&self, text: &str, add_special: bool, parse_special: bool, out: &mut Vec<Token>) -> Result<()> {
+        let len = i32::try_from(text.len())
+            .map_err(|_| Error::Tokenize { message: format!("text of {} bytes is longer than i32::MAX", text.len()) })?;
+        let start = out.len();
+        let mut room = text.len() + 2;
+        for _ in 0..2 {
+            out.resize(start + room, Token(0));
+            let mut n = 0i32;
+            // SAFETY: text/len describe valid UTF-8 bytes; the output buffer has
+            // `room` writable tokens (Token is repr(transparent) over i32);
+            // the shim catches exceptions.
+            let status = unsafe {
+                sys::llama_rs_tokenize(
+                    self.ptr,
+                    text.as_ptr().cast(),
+                    len,
+                    out.as_mut_ptr().add(start).cast(),
+                    room.min(i32::MAX as usize) as i32,
+                    add_special,
+                    parse_special,
+                    &mut n,
+                )
+            };
+            if let Err(e) = check_shim("llama_tokenize", status) {
+                out.truncate(start);
+                return Err(e);
+            }
+            if n >= 0 {
+                out.truncate(start + n as usize);
+                return Ok(());
+            }
+            if n == i32::MIN {
+                break;
+            }
+            room = (-n) as usize;
+        }
+        out.truncate(start);
+        Err(Error::Tokenize { message: "the token count does not fit in i32".into() })
+    }
+
+    /// The bytes of a token's text, appended to `buf`; may be a partial UTF-8
+    /// sequence (byte tokens). `special` renders control tokens as text.
+    pub fn token_to_piece_into(&self, token: Token, special: bool, buf: &mut Vec<u8>) -> Result<()> {
+        self.check(token)?;
+        let start = buf.len();
+        let mut room = 32usize;
+        loop {
+            buf.resize(start + room, 0);
+            let mut n = 0i32;
+            // SAFETY: token checked; the buffer has `room` writable bytes;
+            // the shim catches exceptions.
+            let status = unsafe {
+                sys::llama_rs_token_to_piece(
+                    self.ptr,
+                    token.0,
+                    buf.as_mut_ptr().add(start).cast(),
+                    room as i32,
+                    0,
+                    special,
+                    &mut n,
+                )
+            };
+            if let Err(e) = check_shim("llama_token_to_piece", status) {
+                buf.truncate(start);
+                return Err(e);
+            }
+            if n >= 0 {
+                buf.truncate(start + n as usize);
+                return Ok(());
+            }
+            if (-n) as usize <= room || room > 1 << 20 {
+                buf.truncate(start);
+                return Err(Error::Tokenize { message: format!("token_to_piece failed for token {token}") });
+            }
+            room = (-n) as usize;
+        }
+    }
+
+    /// The bytes of a token's text (see [`token_to_piece_into`](Self::token_to_piece_into)).
+    pub fn token_to_piece(&self, token: Token, special: bool) -> Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.token_to_piece_into(token, special, &mut v)?;
+        Ok(v)
+    }
+
+    /// Turns tokens back into text (invalid UTF-8 replaced by U+FFFD).
+    /// `remove_special` drops BOS/EOS; `unparse_special` renders special
+    /// tokens as their text.
+    pub fn detokenize(&self, tokens: &[Token], remove_special: bool, unparse_special: bool) -> Result<String> {
+        for &t in tokens {
+            self.check(t)?;
+        }
+        let n_tokens = i32::try_from(tokens.len())
+            .map_err(|_| Error::Tokenize { message: format!("{} tokens is more than i32::MAX", tokens.len()) })?;
+        let mut buf = vec![0u8; tokens.len() * 8 + 16];
+        for _ in 0..2 {
+            let mut n = 0i32;
+            // SAFETY: every id checked; buffer of buf.len() writable bytes
+            // (capped to i32::MAX, never negative); shim catches exceptions.
+            let status = unsafe {
+                sys::llama_rs_detokenize(
+                    self.ptr,
+                    tokens.as_ptr().cast(),
+                    n_tokens,
+                    buf.as_mut_ptr().cast(),
+                    buf.len().min(i32::MAX as usize) as i32,
+                    remove_special,
+                    unparse_special,
+                    &mut n,
+                )
+            };
+            check_shim("llama_detokenize", status)?;
+            if n >= 0 {
+                buf.truncate(n as usize);
+                return Ok(String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()));
+            }
+            if n == i32::MIN {
+                break;
+            }
+            buf.resize((-n) as usize, 0);
+        }
+        Err(Error::Tokenize { message: "detokenized text does not fit in i32".into() })
+    }
+}
