@@ -1045,7 +1045,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ggml_gelu_quick_inplace(ctx: *mut ggml_context, a: *mut ggml_tensor)
-    -> *mut ggml_tensor;
+        -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_silu(ctx: *mut ggml_context, a: *mut ggml_tensor) -> *mut ggml_tensor;
@@ -1219,7 +1219,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ggml_rms_norm(ctx: *mut ggml_context, a: *mut ggml_tensor, eps: f32)
-    -> *mut ggml_tensor;
+        -> *mut ggml_tensor;
 }
 unsafe extern "C" {
     pub fn ggml_rms_norm_inplace(
@@ -2975,7 +2975,7 @@ pub const GGML_BACKEND_BUFFER_USAGE_COMPUTE: ggml_backend_buffer_usage = 2;
 pub type ggml_backend_buffer_usage = ::std::os::raw::c_uint;
 unsafe extern "C" {
     pub fn ggml_backend_buffer_name(buffer: ggml_backend_buffer_t)
-    -> *const ::std::os::raw::c_char;
+        -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn ggml_backend_buffer_free(buffer: ggml_backend_buffer_t);
@@ -3050,7 +3050,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ggml_backend_alloc_buffer(backend: ggml_backend_t, size: usize)
-    -> ggml_backend_buffer_t;
+        -> ggml_backend_buffer_t;
 }
 unsafe extern "C" {
     pub fn ggml_backend_get_alignment(backend: ggml_backend_t) -> usize;
@@ -3296,7 +3296,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_supports_op(device: ggml_backend_dev_t, op: *const ggml_tensor)
-    -> bool;
+        -> bool;
 }
 unsafe extern "C" {
     pub fn ggml_backend_dev_supports_buft(
@@ -3752,7 +3752,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn ggml_threadpool_get_n_threads(threadpool: *mut ggml_threadpool)
-    -> ::std::os::raw::c_int;
+        -> ::std::os::raw::c_int;
 }
 unsafe extern "C" {
     pub fn ggml_threadpool_pause(threadpool: *mut ggml_threadpool);
@@ -4348,7 +4348,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn gguf_get_val_str(ctx: *const gguf_context, key_id: i64)
-    -> *const ::std::os::raw::c_char;
+        -> *const ::std::os::raw::c_char;
 }
 unsafe extern "C" {
     pub fn gguf_get_val_data(
@@ -5992,7 +5992,7 @@ unsafe extern "C" {
 }
 unsafe extern "C" {
     pub fn llama_sampler_init_xtc(p: f32, t: f32, min_keep: usize, seed: u32)
-    -> *mut llama_sampler;
+        -> *mut llama_sampler;
 }
 unsafe extern "C" {
     pub fn llama_sampler_init_top_n_sigma(n: f32) -> *mut llama_sampler;
