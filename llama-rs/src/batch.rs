@@ -147,10 +147,6 @@ impl Batch {
         unsafe { std::slice::from_raw_parts(self.tokens.as_ptr().cast(), self.len) }
     }
 
-    pub(crate) fn positions(&self) -> &[Pos] {
-        &self.pos[..self.len]
-    }
-
     pub(crate) fn seq_ids_of(&self, i: usize) -> &[SeqId] {
         let n = self.n_seq_id[i] as usize;
         &self.seq_ids[i * self.n_seq_max..i * self.n_seq_max + n]

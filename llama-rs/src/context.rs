@@ -106,7 +106,9 @@ impl std::str::FromStr for KvType {
         ]
         .into_iter()
         .find(|t| t.name() == s)
-        .ok_or_else(|| Error::invalid("KV cache type", s, "expected f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0 or q5_1"))
+        .ok_or_else(|| {
+            Error::invalid("KV cache type", s, "expected f32, f16, bf16, q8_0, q4_0, q4_1, iq4_nl, q5_0 or q5_1")
+        })
     }
 }
 
@@ -208,6 +210,11 @@ impl ContextParams {
     }
 
     fn validate(&self, model: &Model) -> Result<()> {
+        if model.is_vocab_only() {
+            return Err(Error::ContextCreate {
+                message: "the model was loaded with vocab_only: it has no weights to run".into(),
+            });
+        }
         let nonzero = |name: &'static str, v: u32| {
             if v == 0 || v > i32::MAX as u32 {
                 Err(Error::invalid(name, v, "must be between 1 and i32::MAX"))
@@ -367,7 +374,8 @@ fn pos_range(r: impl RangeBounds<Pos>) -> Result<(Pos, Pos)> {
         Bound::Excluded(&p) => p,
         Bound::Included(&p) => p.saturating_add(1),
     };
-    if (p0 < 0 && !matches!(r.start_bound(), Bound::Unbounded)) || (p1 < 0 && !matches!(r.end_bound(), Bound::Unbounded))
+    if (p0 < 0 && !matches!(r.start_bound(), Bound::Unbounded))
+        || (p1 < 0 && !matches!(r.end_bound(), Bound::Unbounded))
     {
         return Err(Error::invalid("position range", format!("{p0}..{p1}"), "positions are >= 0"));
     }
@@ -452,7 +460,10 @@ impl<'m> Context<'m> {
         if !causal && n > self.n_ubatch as usize {
             return Err(Error::BatchInvalid {
                 n_tokens: n,
-                reason: format!("non-causal attention needs the whole batch in one ubatch (n_ubatch = {})", self.n_ubatch),
+                reason: format!(
+                    "non-causal attention needs the whole batch in one ubatch (n_ubatch = {})",
+                    self.n_ubatch
+                ),
             });
         }
         for &t in batch.tokens() {
@@ -503,11 +514,12 @@ impl<'m> Context<'m> {
             return Err(Error::NoLogits { index: i, reason: "nothing decoded yet".into() });
         }
         match usize::try_from(i).ok().and_then(|u| self.outputs.get(u)) {
-            None => Err(Error::NoLogits {
-                index: i,
-                reason: format!("the last batch had {} rows", self.outputs.len()),
-            }),
-            Some(0) => Err(Error::NoLogits { index: i, reason: "the row was not marked for logits in the batch".into() }),
+            None => {
+                Err(Error::NoLogits { index: i, reason: format!("the last batch had {} rows", self.outputs.len()) })
+            }
+            Some(0) => {
+                Err(Error::NoLogits { index: i, reason: "the row was not marked for logits in the batch".into() })
+            }
             Some(_) => Ok(()),
         }
     }

@@ -348,6 +348,7 @@ pub struct Model {
     path: PathBuf,
     devices: Vec<Device>,
     split_mode: SplitMode,
+    vocab_only: bool,
     /// Context creation (and adapter loading) write to the model inside
     /// llama.cpp: serialised per model.
     pub(crate) write_lock: Mutex<()>,
@@ -411,10 +412,8 @@ impl Model {
         let mut raw = unsafe { sys::llama_model_default_params() };
         // NULL-terminated device list, always explicit: llama.cpp's own default
         // list would take iGPUs and RPC devices in tensor mode.
-        let mut dev_ptrs: Vec<sys::ggml_backend_dev_t> = devices
-            .iter()
-            .map(|d| device::raw_device(d.index).expect("resolved devices exist"))
-            .collect();
+        let mut dev_ptrs: Vec<sys::ggml_backend_dev_t> =
+            devices.iter().map(|d| device::raw_device(d.index).expect("resolved devices exist")).collect();
         let mut main_gpu = params.main_gpu as i32;
         if params.split_mode == SplitMode::None && !dev_ptrs.is_empty() {
             dev_ptrs = vec![dev_ptrs[params.main_gpu]];
@@ -461,9 +460,18 @@ impl Model {
                 return Err(Error::LoadCancelled { path });
             }
         }
-        let ptr = NonNull::new(model)
-            .ok_or_else(|| Error::ModelLoad { path: path.clone(), message: log_error_or("llama.cpp returned no model") })?;
-        Ok(Model { ptr, path, devices, split_mode: params.split_mode, write_lock: Mutex::new(()) })
+        let ptr = NonNull::new(model).ok_or_else(|| Error::ModelLoad {
+            path: path.clone(),
+            message: log_error_or("llama.cpp returned no model"),
+        })?;
+        Ok(Model {
+            ptr,
+            path,
+            devices,
+            split_mode: params.split_mode,
+            vocab_only: params.vocab_only,
+            write_lock: Mutex::new(()),
+        })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
@@ -478,6 +486,11 @@ impl Model {
     /// The GPUs this model was loaded onto (empty: CPU only).
     pub fn devices(&self) -> &[Device] {
         &self.devices
+    }
+
+    /// True if loaded with [`ModelParams::vocab_only`]: no weights, no contexts.
+    pub fn is_vocab_only(&self) -> bool {
+        self.vocab_only
     }
 
     /// The split mode it was loaded with.
@@ -560,7 +573,8 @@ impl Model {
         (0..n)
             .filter_map(|i| {
                 // SAFETY: i < count; llama.cpp writes at most `len` bytes.
-                let k = string_from_buffer(|b, l| unsafe { sys::llama_model_meta_key_by_index(self.as_ptr(), i, b, l) })?;
+                let k =
+                    string_from_buffer(|b, l| unsafe { sys::llama_model_meta_key_by_index(self.as_ptr(), i, b, l) })?;
                 // SAFETY: as above.
                 let v = string_from_buffer(|b, l| unsafe {
                     sys::llama_model_meta_val_str_by_index(self.as_ptr(), i, b, l)

@@ -166,9 +166,16 @@ impl<'m> Vocab<'m> {
 
     /// As [`tokenize`](Self::tokenize), appending to `out` (no allocation when
     /// it has room).
-    pub fn tokenize_into(&self, text: &str, add_special: bool, parse_special: bool, out: &mut Vec<Token>) -> Result<()> {
-        let len = i32::try_from(text.len())
-            .map_err(|_| Error::Tokenize { message: format!("text of {} bytes is longer than i32::MAX", text.len()) })?;
+    pub fn tokenize_into(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        out: &mut Vec<Token>,
+    ) -> Result<()> {
+        let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize {
+            message: format!("text of {} bytes is longer than i32::MAX", text.len()),
+        })?;
         let start = out.len();
         let mut room = text.len() + 2;
         for _ in 0..2 {
@@ -280,7 +287,9 @@ impl<'m> Vocab<'m> {
             check_shim("llama_detokenize", status)?;
             if n >= 0 {
                 buf.truncate(n as usize);
-                return Ok(String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()));
+                return Ok(
+                    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                );
             }
             if n == i32::MIN {
                 break;

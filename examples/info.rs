@@ -1,0 +1,80 @@
+//! Prints the devices llama.cpp sees, then a model's metadata.
+//!
+//! `cargo run --release --example info -- [PATH]`
+//!
+//! Without PATH only the devices are listed. Any failure prints `error: ...`
+//! to stderr and exits with status 1.
+
+use llama_rs::{Model, ModelParams};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("usage: info [PATH]\n  lists the devices, then the metadata of the GGUF model at PATH");
+        return Ok(());
+    }
+    if args.len() > 1 {
+        return Err(format!("expected at most one model path, got {}", args.len()).into());
+    }
+    let backends = llama_rs::sys::BUILT_BACKENDS.join(", ");
+    println!("llama.cpp {} (backends compiled in: {backends})", llama_rs::sys::LLAMA_CPP_COMMIT);
+    let devices = llama_rs::devices();
+    println!("devices:");
+    for d in &devices {
+        println!(
+            "  [{}] {:<8} {:<11} {:<40} {:>8} MiB free / {:>8} MiB",
+            d.index,
+            d.name,
+            d.kind.to_string(),
+            d.description,
+            d.memory_free >> 20,
+            d.memory_total >> 20
+        );
+    }
+    let gpus = llama_rs::default_gpus(false);
+    if gpus.is_empty() {
+        let gpu_built = backends.contains("cuda") || backends.contains("hip");
+        if gpu_built {
+            println!("no GPU device found: models run on the CPU");
+        } else {
+            println!("no GPU backend compiled in: models run on the CPU");
+        }
+    }
+    let Some(path) = args.first() else { return Ok(()) };
+    let model = Model::load_with(path, ModelParams::default())?;
+    let vocab = model.vocab();
+    println!("model: {path}");
+    println!("  architecture: {}", model.architecture());
+    println!("  description:  {}", model.description());
+    println!("  parameters:   {}", model.n_params());
+    println!("  size:         {} bytes", model.size());
+    println!("  n_ctx_train:  {}", model.n_ctx_train());
+    println!("  n_embd:       {}", model.n_embd());
+    println!("  n_layer:      {}", model.n_layer());
+    println!("  n_head:       {} (kv {})", model.n_head(), model.n_head_kv());
+    println!("  vocab:        {:?}, {} tokens", vocab.vocab_type(), vocab.n_tokens());
+    let on = if model.devices().is_empty() {
+        "CPU".to_string()
+    } else {
+        model.devices().iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+    };
+    println!("  devices:      {on} (split mode {})", model.split_mode());
+    println!("  chat template: {}", if model.chat_template(None).is_some() { "yes" } else { "no" });
+    println!("metadata:");
+    for (k, v) in model.metadata() {
+        let v: String = if v.chars().count() > 100 { v.chars().take(100).chain("...".chars()).collect() } else { v };
+        println!("  {k} = {v}");
+    }
+    Ok(())
+}

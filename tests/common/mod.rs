@@ -1,0 +1,41 @@
+//! Shared fixtures: deterministic synthetic models, written once into the
+//! workspace's fixture folder and reused by every test binary.
+#![allow(dead_code)]
+
+use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
+use llama_rs::{Model, ModelParams};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub const SEED: u64 = 42;
+
+/// Path of the tiny synthetic model with the given vocabulary (F32 weights).
+pub fn tiny_path(vocab: VocabKind) -> PathBuf {
+    SyntheticModel::new(ModelShape::tiny())
+        .vocab(vocab)
+        .weight_type(WeightType::F32)
+        .seed(SEED)
+        .write_cached(llama_rs_suite::FIXTURE_DIR)
+        .expect("write the tiny synthetic model")
+}
+
+/// The tiny SPM model, loaded once per test binary and shared by its tests
+/// (Model is Sync).
+pub fn tiny() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::load_with(tiny_path(VocabKind::Spm), ModelParams::default()).expect("load tiny model"))
+}
+
+/// The tiny BPE model, loaded once per test binary.
+pub fn tiny_bpe() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| Model::load_with(tiny_path(VocabKind::Bpe), ModelParams::default()).expect("load tiny BPE model"))
+}
+
+/// A fresh temporary folder under the fixture folder.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(llama_rs_suite::FIXTURE_DIR).join("tmp").join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
