@@ -266,7 +266,7 @@ pub struct PerfContext {
 /// llama.cpp does no locking inside a context. It borrows its model, so it
 /// cannot outlive it:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0597
 /// # fn f() -> llama_rs::Result<()> {
 /// let ctx = {
 ///     let model = llama_rs::Model::load("model.gguf")?;
@@ -275,7 +275,7 @@ pub struct PerfContext {
 /// # drop(ctx); Ok(()) }
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// fn needs_sync<T: Sync>() {}
 /// needs_sync::<llama_rs::Context<'static>>();
 /// ```
