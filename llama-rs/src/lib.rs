@@ -18,7 +18,9 @@ mod context;
 mod device;
 mod error;
 mod ffi;
+mod gguf;
 mod model;
+pub mod synthetic;
 mod vocab;
 
 pub use backend::{init, system_info};
