@@ -36,9 +36,9 @@ fn decode_all(c: &mut Context, tokens: &[Token], start: i32) -> Vec<Vec<f32>> {
 #[test]
 fn values_are_read_back() {
     let c = tiny().new_context(ContextParams::default().n_ctx(100).n_batch(1000).n_ubatch(64).threads(1)).unwrap();
-    // llama.cpp pads n_ctx to 256 and clamps n_batch to n_ctx.
+    // llama.cpp clamps n_batch to the requested n_ctx, then pads n_ctx to 256.
     assert_eq!(c.n_ctx(), 256);
-    assert_eq!(c.n_batch(), 256);
+    assert_eq!(c.n_batch(), 100);
     assert_eq!(c.n_ubatch(), 64);
     assert_eq!(c.n_seq_max(), 1);
     assert_eq!(c.threads(), (1, 1));

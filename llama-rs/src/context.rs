@@ -602,11 +602,18 @@ impl<'m> Context<'m> {
         Ok(())
     }
 
-    /// Removes every sequence but `seq`.
+    /// Removes every sequence but `seq`, whatever the KV layout (llama.cpp's
+    /// own `seq_keep` only touches the cache stream that holds `seq` when
+    /// each sequence has its own stream).
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
         self.check_seq(seq)?;
+        let mem = self.memory();
         // SAFETY: id checked.
-        unsafe { sys::llama_memory_seq_keep(self.memory(), seq) };
+        unsafe { sys::llama_memory_seq_keep(mem, seq) };
+        for other in (0..self.n_seq_max as SeqId).filter(|&s| s != seq) {
+            // SAFETY: `other` is in 0..n_seq_max; whole range.
+            unsafe { sys::llama_memory_seq_rm(mem, other, -1, -1) };
+        }
         Ok(())
     }
 

@@ -37,7 +37,7 @@
 
 // Until model.rs calls validate_model_file (and other readers use the
 // getters), only the tests reach this module.
-#![cfg_attr(not(test), allow(dead_code))]
+
 
 use crate::error::{Error, Result};
 use llama_sys as sys;

@@ -385,7 +385,7 @@ extern "C" fn progress_trampoline(progress: f32, user: *mut c_void) -> bool {
             go_on
         }
         Err(p) => {
-            state.panic = Some(crate::ffi::panic_message(&p));
+            state.panic = Some(crate::ffi::panic_message(&*p));
             false
         }
     }
@@ -404,7 +404,7 @@ impl Model {
         crate::init();
         let path = path.as_ref().to_path_buf();
         let cpath = cstring("model path", &path.to_string_lossy())?;
-        // VALIDATE: crate::gguf::validate_model_file(&path)?;
+        crate::gguf::validate_model_file(&path)?;
         let devices = params.resolved_devices()?;
         params.validate(&devices)?;
 

@@ -1,0 +1,136 @@
+//! Streams text from a GGUF model.
+//!
+//! ```text
+//! cargo run --release --example generate -- [--model PATH] [--prompt TEXT] [-n N]
+//!     [--seed S] [--temp T] [-ngl N] [--split-mode none|layer|row|tensor]
+//!     [--tensor-split 3,1] [--main-gpu I]
+//! ```
+//!
+//! Without `--model` it writes (once) a small synthetic model with random
+//! weights and uses it: the text is gibberish, the timings are real.
+
+use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind};
+use llama_rs::{ContextParams, GenerateParams, Model, ModelParams, Sampler, SplitMode};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "usage: generate [--model PATH] [--prompt TEXT] [-n N] [--seed S] [--temp T] [-ngl N]
+                [--split-mode none|layer|row|tensor] [--tensor-split 3,1] [--main-gpu I]";
+
+struct Args {
+    model: Option<PathBuf>,
+    prompt: String,
+    n: usize,
+    seed: u32,
+    temp: f32,
+    ngl: Option<u32>,
+    split_mode: SplitMode,
+    tensor_split: Vec<f32>,
+    main_gpu: usize,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        model: None,
+        prompt: "Once upon a time".into(),
+        n: 64,
+        seed: 42,
+        temp: 0.8,
+        ngl: None,
+        split_mode: SplitMode::Layer,
+        tensor_split: Vec::new(),
+        main_gpu: 0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--model" | "-m" => a.model = Some(value.into()),
+            "--prompt" | "-p" => a.prompt = value,
+            "-n" | "--n-predict" => a.n = value.parse().map_err(|e| bad(&e))?,
+            "--seed" | "-s" => a.seed = value.parse().map_err(|e| bad(&e))?,
+            "--temp" => a.temp = value.parse().map_err(|e| bad(&e))?,
+            "-ngl" | "--n-gpu-layers" => {
+                let n: i64 = value.parse().map_err(|e| bad(&e))?;
+                a.ngl = (n >= 0).then_some(n.min(u32::MAX as i64) as u32);
+            }
+            "--split-mode" | "-sm" => a.split_mode = value.parse().map_err(|e| bad(&e))?,
+            "--tensor-split" | "-ts" => {
+                a.tensor_split = value
+                    .split([',', '/'])
+                    .map(|s| s.trim().parse::<f32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(&e))?
+            }
+            "--main-gpu" | "-mg" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
+            _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let path = match &args.model {
+        Some(p) => p.clone(),
+        None => {
+            let synthetic = SyntheticModel::new(ModelShape::small()).vocab(VocabKind::Spm).seed(1);
+            let p = synthetic.write_cached(llama_rs_suite::FIXTURE_DIR)?;
+            eprintln!(
+                "no --model given: using a synthetic model with random weights ({} parameters) at {}",
+                ModelShape::small().n_params(),
+                p.display()
+            );
+            p
+        }
+    };
+    let params = ModelParams::default()
+        .n_gpu_layers(args.ngl)
+        .split_mode(args.split_mode)
+        .tensor_split(&args.tensor_split)
+        .main_gpu(args.main_gpu);
+    let model = Model::load_with(&path, params)?;
+    let mut ctx = model.new_context(ContextParams::default().n_ctx(2048))?;
+    let mut sampler = if args.temp <= 0.0 {
+        Sampler::greedy(&model)?
+    } else {
+        Sampler::builder(&model).top_k(40).top_p(0.95, 1).min_p(0.05, 1).temp(args.temp).dist(args.seed).build()?
+    };
+
+    let mut out = std::io::stdout().lock();
+    write!(out, "{}", args.prompt)?;
+    out.flush()?;
+    let mut generation = ctx.generate(&mut sampler, &*args.prompt, GenerateParams::default().max_tokens(args.n))?;
+    for piece in &mut generation {
+        write!(out, "{}", piece?.text)?;
+        out.flush()?;
+    }
+    writeln!(out)?;
+    let s = generation.stats().expect("generation finished");
+    eprintln!(
+        "prompt: {} tokens, {:.1} t/s | generated: {} tokens, {:.1} t/s | time to first token: {:.1} ms | stop: {:?}",
+        s.prompt_tokens,
+        s.prompt_tps,
+        s.generated_tokens,
+        s.generation_tps,
+        s.time_to_first_token.as_secs_f64() * 1e3,
+        s.stop_reason
+    );
+    Ok(())
+}
