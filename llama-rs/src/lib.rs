@@ -14,21 +14,29 @@
 
 mod backend;
 mod batch;
+mod chat;
 mod context;
 mod device;
 mod error;
 mod ffi;
+mod generate;
 mod gguf;
 mod model;
+mod quantize;
+mod sampler;
 pub mod synthetic;
 mod vocab;
 
 pub use backend::{init, system_info};
 pub use batch::{Batch, Pos, SeqId};
+pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage};
 pub use context::{Context, ContextParams, FlashAttention, KvType, PerfContext};
 pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use error::{Error, Result};
+pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
 pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
+pub use quantize::{quantize, Ftype, QuantizeParams};
+pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
 pub use vocab::{Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.
