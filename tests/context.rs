@@ -142,7 +142,9 @@ fn decode_crash_paths_are_errors() {
     // Token outside the vocabulary.
     let mut b = Batch::new(4, 1);
     b.add(Token(n_vocab), 0, &[0], true).unwrap();
-    assert!(matches!(c.decode(&mut b), Err(Error::InvalidToken { token, n_vocab: n }) if token == n_vocab && n == n_vocab));
+    assert!(
+        matches!(c.decode(&mut b), Err(Error::InvalidToken { token, n_vocab: n }) if token == n_vocab && n == n_vocab)
+    );
     // Sequence id >= n_seq_max (llama.cpp writes out of bounds).
     let mut b = Batch::new(4, 2);
     b.add(Token(1), 0, &[1], true).unwrap();

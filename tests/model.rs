@@ -87,7 +87,9 @@ fn bad_token_ids_are_errors() {
     let v = tiny().vocab();
     let n = v.n_tokens();
     for bad in [Token(-1), Token(n), Token(i32::MAX), Token(i32::MIN)] {
-        assert!(matches!(v.token_to_piece(bad, false), Err(Error::InvalidToken { token, n_vocab }) if token == bad.0 && n_vocab == n));
+        assert!(
+            matches!(v.token_to_piece(bad, false), Err(Error::InvalidToken { token, n_vocab }) if token == bad.0 && n_vocab == n)
+        );
         assert!(matches!(v.token_text(bad), Err(Error::InvalidToken { .. })));
         assert!(matches!(v.token_score(bad), Err(Error::InvalidToken { .. })));
         assert!(matches!(v.detokenize(&[Token(1), bad], false, false), Err(Error::InvalidToken { .. })));
@@ -102,7 +104,10 @@ fn bad_token_ids_are_errors() {
 fn vocab_only_model_tokenizes_but_has_no_context() {
     let m = Model::load_with(tiny_path(VocabKind::Spm), ModelParams::default().vocab_only(true)).unwrap();
     assert!(m.is_vocab_only());
-    assert_eq!(m.vocab().tokenize("hello world", false, false).unwrap(), tiny().vocab().tokenize("hello world", false, false).unwrap());
+    assert_eq!(
+        m.vocab().tokenize("hello world", false, false).unwrap(),
+        tiny().vocab().tokenize("hello world", false, false).unwrap()
+    );
     assert!(matches!(m.new_context(Default::default()), Err(Error::ContextCreate { .. })));
 }
 
@@ -179,10 +184,15 @@ fn split_settings_are_validated_before_loading() {
     // More than llama.cpp's device limit.
     assert!(matches!(load(ModelParams::default().tensor_split(&[1.0; 17])), Err(Error::InvalidParam { .. })));
     // Tensor mode needs GPUs.
-    assert!(matches!(load(ModelParams::default().split_mode(SplitMode::Tensor)), Err(Error::SplitMode { mode: "tensor", .. })));
+    assert!(matches!(
+        load(ModelParams::default().split_mode(SplitMode::Tensor)),
+        Err(Error::SplitMode { mode: "tensor", .. })
+    ));
     // Device indices: out of range, and the CPU is not a GPU.
     let n = llama_rs::devices().len();
-    assert!(matches!(load(ModelParams::default().devices(&[n + 3])), Err(Error::DeviceOutOfRange { index, count }) if index == n + 3 && count == n));
+    assert!(
+        matches!(load(ModelParams::default().devices(&[n + 3])), Err(Error::DeviceOutOfRange { index, count }) if index == n + 3 && count == n)
+    );
     assert!(matches!(load(ModelParams::default().devices(&[0])), Err(Error::InvalidParam { .. })));
     // Split mode names parse.
     assert_eq!("tensor".parse::<SplitMode>().unwrap(), SplitMode::Tensor);

@@ -35,10 +35,6 @@
 //! keys of the wrong type (GGUFMeta throws). Every getter here checks the
 //! type before calling `gguf_get_val_*`, whose own type asserts would abort.
 
-// Until model.rs calls validate_model_file (and other readers use the
-// getters), only the tests reach this module.
-
-
 use crate::error::{Error, Result};
 use llama_sys as sys;
 use std::collections::HashSet;
@@ -147,12 +143,6 @@ impl Gguf {
     pub(crate) fn get_u32(&self, key: &str) -> Result<Option<u32>> {
         // SAFETY: the id has type UINT32 (checked), which gguf_get_val_u32 asserts.
         Ok(self.scalar_id(key, sys::GGUF_TYPE_UINT32)?.map(|id| unsafe { sys::gguf_get_val_u32(self.ptr(), id) }))
-    }
-
-    /// An f32 value.
-    pub(crate) fn get_f32(&self, key: &str) -> Result<Option<f32>> {
-        // SAFETY: the id has type FLOAT32 (checked).
-        Ok(self.scalar_id(key, sys::GGUF_TYPE_FLOAT32)?.map(|id| unsafe { sys::gguf_get_val_f32(self.ptr(), id) }))
     }
 
     /// A string value (cut at the first NUL, as llama.cpp reads it).
@@ -510,7 +500,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let g = Gguf::open(&good(dir.path(), VocabKind::Bpe)).unwrap();
         assert_eq!(g.get_u32("llama.block_count").unwrap(), Some(2));
-        assert_eq!(g.get_f32("llama.rope.freq_base").unwrap(), Some(10000.0));
         assert_eq!(g.get_str("general.architecture").unwrap().as_deref(), Some("llama"));
         assert_eq!(g.get_arr_str("tokenizer.ggml.tokens").unwrap().unwrap().len(), 1024);
         assert_eq!(g.get_u32_or_arr("llama.attention.head_count").unwrap(), Some(vec![4]));

@@ -23,22 +23,55 @@ pub struct Built {
 /// Backends of the pinned tree that a feature may switch on; every other
 /// one is explicitly OFF.
 const OTHER_BACKENDS: &[&str] = &[
-    "GGML_BLAS", "GGML_CANN", "GGML_ET", "GGML_HEXAGON", "GGML_METAL", "GGML_MUSA", "GGML_OPENCL",
-    "GGML_OPENVINO", "GGML_RPC", "GGML_SYCL", "GGML_VIRTGPU", "GGML_VULKAN", "GGML_WEBGPU", "GGML_ZDNN",
-    "GGML_ZENDNN", "GGML_KOMPUTE",
+    "GGML_BLAS",
+    "GGML_CANN",
+    "GGML_ET",
+    "GGML_HEXAGON",
+    "GGML_METAL",
+    "GGML_MUSA",
+    "GGML_OPENCL",
+    "GGML_OPENVINO",
+    "GGML_RPC",
+    "GGML_SYCL",
+    "GGML_VIRTGPU",
+    "GGML_VULKAN",
+    "GGML_WEBGPU",
+    "GGML_ZDNN",
+    "GGML_ZENDNN",
+    "GGML_KOMPUTE",
 ];
 
 /// Environment read by compilers and cmake itself: part of the configuration key.
 const TOOL_ENV: &[&str] = &[
-    "CC", "CXX", "CFLAGS", "CXXFLAGS", "LDFLAGS", "CUDACXX", "CUDAFLAGS", "CUDA_PATH", "HIPCXX", "HIPFLAGS",
-    "ROCM_PATH", "HIP_PATH", "CMAKE_GENERATOR", "CMAKE_TOOLCHAIN_FILE", "CMAKE_PREFIX_PATH",
+    "CC",
+    "CXX",
+    "CFLAGS",
+    "CXXFLAGS",
+    "LDFLAGS",
+    "CUDACXX",
+    "CUDAFLAGS",
+    "CUDA_PATH",
+    "HIPCXX",
+    "HIPFLAGS",
+    "ROCM_PATH",
+    "HIP_PATH",
+    "CMAKE_GENERATOR",
+    "CMAKE_TOOLCHAIN_FILE",
+    "CMAKE_PREFIX_PATH",
 ];
 
 /// `CMAKE_*` variables forwarded as defines when set in the environment.
 const CMAKE_ENV: &[&str] = &[
-    "CMAKE_C_COMPILER", "CMAKE_CXX_COMPILER", "CMAKE_C_COMPILER_LAUNCHER", "CMAKE_CXX_COMPILER_LAUNCHER",
-    "CMAKE_CUDA_COMPILER", "CMAKE_CUDA_COMPILER_LAUNCHER", "CMAKE_CUDA_ARCHITECTURES", "CMAKE_HIP_COMPILER",
-    "CMAKE_HIP_ARCHITECTURES", "CMAKE_HIP_COMPILER_LAUNCHER",
+    "CMAKE_C_COMPILER",
+    "CMAKE_CXX_COMPILER",
+    "CMAKE_C_COMPILER_LAUNCHER",
+    "CMAKE_CXX_COMPILER_LAUNCHER",
+    "CMAKE_CUDA_COMPILER",
+    "CMAKE_CUDA_COMPILER_LAUNCHER",
+    "CMAKE_CUDA_ARCHITECTURES",
+    "CMAKE_HIP_COMPILER",
+    "CMAKE_HIP_ARCHITECTURES",
+    "CMAKE_HIP_COMPILER_LAUNCHER",
 ];
 
 pub fn build(cfg: &Config, src: &Path) -> Built {

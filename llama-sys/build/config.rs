@@ -28,13 +28,7 @@ impl Config {
             None => manifest_dir.join("..").join("vendor"),
         };
         println!("cargo:rerun-if-changed={}", vendor_dir.join("pin").join("Cargo.toml").display());
-        Config {
-            hip: feature("HIP"),
-            cuda: feature("CUDA"),
-            native: feature("NATIVE"),
-            cache_dir,
-            vendor_dir,
-        }
+        Config { hip: feature("HIP"), cuda: feature("CUDA"), native: feature("NATIVE"), cache_dir, vendor_dir }
     }
 
     pub fn backends(&self) -> Vec<&'static str> {

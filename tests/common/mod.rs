@@ -29,7 +29,9 @@ pub fn tiny() -> &'static Model {
 /// The tiny BPE model, loaded once per test binary.
 pub fn tiny_bpe() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load_with(tiny_path(VocabKind::Bpe), ModelParams::default()).expect("load tiny BPE model"))
+    MODEL.get_or_init(|| {
+        Model::load_with(tiny_path(VocabKind::Bpe), ModelParams::default()).expect("load tiny BPE model")
+    })
 }
 
 /// A fresh temporary folder under the fixture folder.
