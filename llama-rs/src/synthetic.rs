@@ -1472,30 +1472,4 @@ pub(crate) mod tests {
             assert_eq!(s.tokens.iter().collect::<HashSet<_>>().len(), n);
         }
     }
-
-    /// Run with `cargo test -p llama-rs --lib --release -- --ignored --nocapture timing`.
-    #[test]
-    #[ignore]
-    fn timing_small_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        for (label, m) in [
-            ("tiny f32 spm", SyntheticModel::new(ModelShape::tiny())),
-            (
-                "tiny q8_0 bpe",
-                SyntheticModel::new(ModelShape::tiny()).weight_type(WeightType::Q8_0).vocab(VocabKind::Bpe),
-            ),
-            ("small f32 bpe", SyntheticModel::new(ModelShape::small()).vocab(VocabKind::Bpe)),
-            ("small q8_0 spm", SyntheticModel::new(ModelShape::small()).weight_type(WeightType::Q8_0)),
-            (
-                "small q4_k_m bpe",
-                SyntheticModel::new(ModelShape::small()).weight_type(WeightType::Q4_K_M).vocab(VocabKind::Bpe),
-            ),
-        ] {
-            let p = dir.path().join("t.gguf");
-            let t = std::time::Instant::now();
-            m.write(&p).unwrap();
-            let size = std::fs::metadata(&p).unwrap().len();
-            eprintln!("{label}: {:.3} s, {:.1} MB", t.elapsed().as_secs_f64(), size as f64 / 1e6);
-        }
-    }
 }
