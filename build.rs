@@ -67,10 +67,10 @@ fn git_commit() -> String {
     commit
 }
 
-/// The backend features of this package that are on, e.g. `["cuda"]`.
+/// The build features of this package that are on, e.g. `["cuda"]`.
 fn features() -> Vec<&'static str> {
-    ["cuda", "hip", "native"]
+    ["cuda", "hip", "native", "dynamic-backends"]
         .into_iter()
-        .filter(|f| env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase())).is_some())
+        .filter(|f| env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase().replace('-', "_"))).is_some())
         .collect()
 }

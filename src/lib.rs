@@ -13,6 +13,6 @@ pub const FIXTURE_DIR: &str = env!("LLAMA_RS_FIXTURE_DIR");
 /// Short git commit hash of the workspace at build time, or `"unknown"`.
 pub const GIT_COMMIT: &str = env!("LLAMA_RS_GIT_COMMIT");
 
-/// Backend features this package was built with, comma-separated
-/// (`cuda`, `hip`, `native`); empty for a CPU-only build.
+/// Build features this package was built with, comma-separated (`cuda`,
+/// `hip`, `native`, `dynamic-backends`); empty for a default CPU build.
 pub const BUILD_FEATURES: &str = env!("LLAMA_RS_BUILD_FEATURES");
