@@ -27,8 +27,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if args.len() > 1 {
         return Err(format!("expected at most one model path, got {}", args.len()).into());
     }
-    let backends = llama_rs::sys::BUILT_BACKENDS.join(", ");
-    println!("llama.cpp {} (backends compiled in: {backends})", llama_rs::sys::LLAMA_CPP_COMMIT);
+    let backends = if llama_rs::sys::DYNAMIC_BACKENDS {
+        let modules = llama_rs::backend_modules();
+        for m in modules.iter().filter(|m| m.error.is_some()) {
+            eprintln!("backend module {} refused: {}", m.path.display(), m.error.as_deref().unwrap_or(""));
+        }
+        let names: Vec<String> = modules.iter().filter_map(|m| m.name.clone()).collect();
+        format!("modules loaded: {}", names.join(", "))
+    } else {
+        format!("backends compiled in: {}", llama_rs::sys::BUILT_BACKENDS.join(", "))
+    };
+    println!("llama.cpp {} ({backends})", llama_rs::sys::LLAMA_CPP_COMMIT);
     let devices = llama_rs::devices();
     println!("devices:");
     for d in &devices {
@@ -44,7 +53,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let gpus = llama_rs::default_gpus(false);
     if gpus.is_empty() {
-        let gpu_built = backends.contains("cuda") || backends.contains("hip");
+        let gpu_built = llama_rs::sys::DYNAMIC_BACKENDS || backends.contains("cuda") || backends.contains("hip");
         if gpu_built {
             println!("no GPU device found: models run on the CPU");
         } else {

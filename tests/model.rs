@@ -25,8 +25,8 @@ fn info_matches_the_synthetic_shape() {
     assert!(meta.iter().any(|(k, v)| k == "general.architecture" && v == "llama"), "{meta:?}");
     assert_eq!(m.meta("llama.block_count").as_deref(), Some(shape.n_layer.to_string().as_str()));
     assert_eq!(m.meta("no.such.key"), None);
-    // No GPU in a CPU build: the model runs on the CPU.
-    assert!(m.devices().is_empty());
+    // By default the model goes to the discrete GPUs, if any (none in CI).
+    assert_eq!(m.devices(), &llama_rs::default_gpus(false)[..]);
 }
 
 #[test]

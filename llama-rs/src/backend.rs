@@ -29,6 +29,7 @@ pub fn init() {
         unsafe { sys::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
         // SAFETY: plain initialisation call, made once under the global lock.
         unsafe { sys::llama_backend_init() };
+        crate::modules::load_at_init();
     });
 }
 

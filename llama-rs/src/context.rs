@@ -235,6 +235,25 @@ impl ContextParams {
         if self.n_seq_max as usize > max_seq {
             return Err(Error::invalid("n_seq_max", self.n_seq_max, format!("llama.cpp supports at most {max_seq}")));
         }
+        // llama.cpp takes n_ctx 0 as the training length, clamps n_batch to
+        // n_ctx (causal models), then reserves one output row per sequence
+        // and asserts that they fit in n_batch (llama-context.cpp:135, 248,
+        // 379, 2275): check both here.
+        let n_ctx = self.n_ctx.unwrap_or_else(|| model.n_ctx_train());
+        if n_ctx == 0 {
+            return Err(Error::invalid("n_ctx", 0, "the model gives no training context length: set n_ctx"));
+        }
+        let n_batch = self.n_batch.min(n_ctx);
+        if self.n_seq_max > n_batch {
+            return Err(Error::invalid(
+                "n_seq_max",
+                self.n_seq_max,
+                format!(
+                    "more sequences than n_batch = {n_batch} (n_batch is clamped to n_ctx): llama.cpp reserves \
+                     one output row per sequence"
+                ),
+            ));
+        }
         if model.split_mode() == SplitMode::Tensor && self.flash_attention == FlashAttention::Off {
             return Err(Error::SplitMode {
                 mode: "tensor",
@@ -312,6 +331,19 @@ impl Model {
     /// Creates a context on this model. Parameters are checked first; the
     /// values llama.cpp actually chose (padding, clamping) are read back.
     pub fn new_context(&self, params: ContextParams) -> Result<Context<'_>> {
+        if self.dry {
+            return Err(Error::ContextCreate { message: "the model was loaded for a memory plan only".into() });
+        }
+        self.create_context(params)
+    }
+
+    /// A context whose allocations are only simulated (memory plans).
+    pub(crate) fn new_context_dry(&self, params: ContextParams) -> Result<Context<'_>> {
+        debug_assert!(self.dry);
+        self.create_context(params)
+    }
+
+    fn create_context(&self, params: ContextParams) -> Result<Context<'_>> {
         params.validate(self)?;
         // SAFETY: plain struct of defaults.
         let mut raw = unsafe { sys::llama_context_default_params() };
@@ -483,6 +515,12 @@ impl<'m> Context<'m> {
     /// logits of the rows marked as outputs are then available through
     /// [`logits`](Self::logits).
     pub fn decode(&mut self, batch: &mut Batch) -> Result<()> {
+        if self.model.dry {
+            return Err(Error::BatchInvalid {
+                n_tokens: batch.len(),
+                reason: "a memory-plan context cannot decode".into(),
+            });
+        }
         self.check_batch(batch)?;
         self.outputs.clear();
         let raw = batch.as_raw();

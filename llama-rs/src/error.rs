@@ -98,6 +98,10 @@ pub enum Error {
     #[error("callback panicked: {message}")]
     CallbackPanic { message: String },
 
+    /// A backend module that llama-rs will not load.
+    #[error("backend module {path}: {reason}")]
+    BackendModule { path: PathBuf, reason: String },
+
     /// Writing or reading a file failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

@@ -122,6 +122,7 @@ pub struct ModelParams {
     check_tensors: bool,
     kv_overrides: Vec<(String, KvOverride)>,
     progress: Option<ProgressFn>,
+    no_alloc: bool,
 }
 
 impl Default for ModelParams {
@@ -138,6 +139,7 @@ impl Default for ModelParams {
             check_tensors: false,
             kv_overrides: Vec::new(),
             progress: None,
+            no_alloc: false,
         }
     }
 }
@@ -231,6 +233,13 @@ impl ModelParams {
     /// [`Error::CallbackPanic`].
     pub fn progress(mut self, f: impl FnMut(f32) -> bool + Send + 'static) -> Self {
         self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Metadata only, allocations simulated (llama.cpp's `no_alloc`): for
+    /// [`plan_memory`](crate::plan_memory).
+    pub(crate) fn dry_run(mut self) -> Self {
+        self.no_alloc = true;
         self
     }
 
@@ -349,6 +358,8 @@ pub struct Model {
     devices: Vec<Device>,
     split_mode: SplitMode,
     vocab_only: bool,
+    /// Loaded for a memory plan only: nothing allocated, nothing can run.
+    pub(crate) dry: bool,
     /// Context creation (and adapter loading) write to the model inside
     /// llama.cpp: serialised per model.
     pub(crate) write_lock: Mutex<()>,
@@ -433,6 +444,7 @@ impl Model {
         raw.load_mode = params.load_mode.raw();
         raw.vocab_only = params.vocab_only;
         raw.check_tensors = params.check_tensors;
+        raw.no_alloc = params.no_alloc;
         raw.kv_overrides = if params.kv_overrides.is_empty() { std::ptr::null() } else { overrides.as_ptr() };
 
         let mut state = params.progress.take().map(|f| ProgressState { f, panic: None, cancelled: false });
@@ -470,12 +482,22 @@ impl Model {
             devices,
             split_mode: params.split_mode,
             vocab_only: params.vocab_only,
+            dry: params.no_alloc,
             write_lock: Mutex::new(()),
         })
     }
 
     pub(crate) fn as_ptr(&self) -> *mut sys::llama_model {
         self.ptr.as_ptr()
+    }
+
+    /// The raw `llama_model` pointer, for [`crate::sys`] calls the safe API
+    /// does not cover (e.g. a context created by hand, as the benchmarks do to
+    /// compare against the C API). Valid while `self` lives; never free it.
+    /// Using it is `unsafe` and bypasses every check of this crate; create
+    /// contexts on it from one thread at a time.
+    pub fn as_raw_ptr(&self) -> *mut sys::llama_model {
+        self.as_ptr()
     }
 
     /// The file this model was loaded from.

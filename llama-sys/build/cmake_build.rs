@@ -89,12 +89,28 @@ pub fn build(cfg: &Config, src: &Path) -> Built {
     let summary: String = defines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     // The pinned tree never changes, so a finished build of this key is final;
     // a user's tree (LLAMA_CPP_DIR) may have been edited: let cmake decide.
-    let finished = stamp.is_file() && lib_dir(&prefix).join(lib_name("llama")).is_file();
+    let finished = stamp.is_file() && lib_dir(&prefix).join(lib_name(cfg, "llama")).is_file();
     if !finished || std::env::var_os("LLAMA_CPP_DIR").is_some() {
         run_cmake(cfg, src, &prefix, &defines);
+        if cfg.dynamic {
+            stamp_modules(cfg, &prefix.join("bin"));
+        }
         fs::write(&stamp, &summary).expect("write build stamp");
     }
     Built { lib_dir: lib_dir(&prefix), prefix }
+}
+
+/// Writes `<module>.pin` next to each backend module: llama-rs loads only
+/// modules whose stamp names its own llama.cpp commit.
+fn stamp_modules(cfg: &Config, dir: &Path) {
+    let pin = crate::source::read_pin(&cfg.vendor_dir.join("pin").join("Cargo.toml"));
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("libggml-") && name.ends_with(".so") {
+            let stamp = dir.join(format!("{name}.pin"));
+            fs::write(&stamp, format!("llama.cpp {}\n", pin.commit)).expect("write module stamp");
+        }
+    }
 }
 
 fn run_cmake(cfg: &Config, src: &Path, prefix: &Path, defines: &BTreeMap<String, String>) {
@@ -128,13 +144,18 @@ fn defines(cfg: &Config, src: &Path) -> BTreeMap<String, String> {
     let mut set = |k: &str, v: String| {
         d.insert(k.to_string(), v);
     };
-    set("BUILD_SHARED_LIBS", "OFF".into());
+    // Static libraries, or with `dynamic-backends` shared ones whose backends
+    // are modules found at run time; libraries find each other next to themselves.
+    set("BUILD_SHARED_LIBS", on_off(cfg.dynamic));
+    if cfg.dynamic {
+        set("CMAKE_INSTALL_RPATH", "$ORIGIN".into());
+    }
     set("CMAKE_POSITION_INDEPENDENT_CODE", "ON".into());
     for opt in ["COMMON", "TESTS", "TOOLS", "EXAMPLES", "SERVER", "APP", "MTMD"] {
         set(&format!("LLAMA_BUILD_{opt}"), "OFF".into());
     }
     set("LLAMA_OPENSSL", "OFF".into());
-    set("GGML_BACKEND_DL", "OFF".into());
+    set("GGML_BACKEND_DL", on_off(cfg.dynamic));
     set("GGML_CPU", "ON".into());
     set("GGML_NATIVE", on_off(cfg.native));
     set("GGML_CUDA", on_off(cfg.cuda));
@@ -212,15 +233,19 @@ fn config_key(defines: &BTreeMap<String, String>, src: &Path) -> String {
 
 pub fn lib_dir(prefix: &Path) -> PathBuf {
     let lib64 = prefix.join("lib64");
-    if lib64.join(lib_name("llama")).is_file() {
+    if lib64.is_dir() {
         lib64
     } else {
         prefix.join("lib")
     }
 }
 
-fn lib_name(name: &str) -> String {
-    format!("lib{name}.a")
+fn lib_name(cfg: &Config, name: &str) -> String {
+    if cfg.dynamic {
+        format!("lib{name}.so")
+    } else {
+        format!("lib{name}.a")
+    }
 }
 
 fn prepend_path(dir: &Path) -> std::ffi::OsString {

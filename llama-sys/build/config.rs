@@ -9,6 +9,8 @@ pub struct Config {
     pub hip: bool,
     pub cuda: bool,
     pub native: bool,
+    /// Shared libraries, backends as modules loaded at run time (GGML_BACKEND_DL).
+    pub dynamic: bool,
     /// Root of the cache shared by every build of the workspace
     /// (extracted source, one cmake build folder per configuration).
     pub cache_dir: PathBuf,
@@ -28,7 +30,14 @@ impl Config {
             None => manifest_dir.join("..").join("vendor"),
         };
         println!("cargo:rerun-if-changed={}", vendor_dir.join("pin").join("Cargo.toml").display());
-        Config { hip: feature("HIP"), cuda: feature("CUDA"), native: feature("NATIVE"), cache_dir, vendor_dir }
+        Config {
+            hip: feature("HIP"),
+            cuda: feature("CUDA"),
+            native: feature("NATIVE"),
+            dynamic: feature("DYNAMIC_BACKENDS"),
+            cache_dir,
+            vendor_dir,
+        }
     }
 
     pub fn backends(&self) -> Vec<&'static str> {

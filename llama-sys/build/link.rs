@@ -8,7 +8,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub fn emit(cfg: &Config, built: &Built) {
-    println!("cargo:rustc-link-search=native={}", built.lib_dir.display());
+    if cfg.dynamic {
+        // cargo puts native search paths on the library path of `cargo run` /
+        // `cargo test` only when they lie inside the profile's output folder:
+        // reach the shared build through a link in OUT_DIR.
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
+        let link = out.join("llama-lib");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&built.lib_dir, &link).expect("link the shared library folder into OUT_DIR");
+        println!("cargo:rustc-link-search=native={}", link.display());
+    } else {
+        println!("cargo:rustc-link-search=native={}", built.lib_dir.display());
+    }
+    // Where the backend modules of this build are: llama-rs loads them from
+    // there (and from LLAMA_RS_BACKEND_DIR / GGML_BACKEND_PATH at run time).
+    let modules = built.prefix.join("bin");
+    println!(
+        "cargo:rustc-env=LLAMA_SYS_BACKEND_DIR={}",
+        if cfg.dynamic { modules.display().to_string() } else { String::new() }
+    );
+    if cfg.dynamic {
+        // Shared libraries; the backends (CPU included) are modules that
+        // ggml loads at run time, each linking its own runtime.
+        for lib in ["llama", "ggml", "ggml-base"] {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        }
+        println!("cargo:rustc-link-lib=dylib=stdc++");
+        return;
+    }
     for lib in static_libs(&built.lib_dir) {
         println!("cargo:rustc-link-lib=static={lib}");
     }

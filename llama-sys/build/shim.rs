@@ -12,6 +12,8 @@ pub fn compile(src: &Path) {
         .file("shim/shim.cpp")
         .include("shim")
         .include(src.join("include"))
+        // llama-ext.h (C++ staging API: memory breakdown) lives in src/.
+        .include(src.join("src"))
         .include(src.join("ggml").join("include"))
         .compile("llama_rs_shim");
 }

@@ -45,7 +45,7 @@ pub fn llama_cpp_dir(cfg: &Config) -> PathBuf {
     tree
 }
 
-fn read_pin(manifest: &Path) -> Pin {
+pub fn read_pin(manifest: &Path) -> Pin {
     let text = fs::read_to_string(manifest)
         .unwrap_or_else(|e| panic!("cannot read the llama.cpp pin {}: {e}", manifest.display()));
     let section = text

@@ -1,6 +1,8 @@
 // See shim.h. Each wrapper catches everything: no exception may cross into Rust.
 #include "shim.h"
 
+#include "llama-ext.h"
+
 #include <exception>
 #include <string>
 
@@ -118,6 +120,20 @@ int llama_rs_chat_apply_template(const char * tmpl, const llama_chat_message * c
 int llama_rs_model_quantize(const char * fname_inp, const char * fname_out,
                             const llama_model_quantize_params * params, uint32_t * ret) {
     return guarded([&] { *ret = llama_model_quantize(fname_inp, fname_out, params); });
+}
+
+int llama_rs_memory_breakdown(const llama_context * ctx, llama_rs_memory_entry * out, size_t cap, size_t * n) {
+    return guarded([&] {
+        const llama_memory_breakdown mb = llama_get_memory_breakdown(ctx);
+        size_t i = 0;
+        for (const auto & [buft, data] : mb) {
+            if (i < cap) {
+                out[i] = { buft, data.model, data.context, data.compute };
+            }
+            i++;
+        }
+        *n = i;
+    });
 }
 
 } // extern "C"

@@ -55,6 +55,20 @@ int llama_rs_chat_apply_template(const char * tmpl, const struct llama_chat_mess
 int llama_rs_model_quantize(const char * fname_inp, const char * fname_out,
                             const llama_model_quantize_params * params, uint32_t * ret);
 
+/* Bytes one buffer type holds for a context: weights, KV cache/state, compute. */
+typedef struct llama_rs_memory_entry {
+    ggml_backend_buffer_type_t buft;
+    size_t model;
+    size_t context;
+    size_t compute;
+} llama_rs_memory_entry;
+
+/* llama_get_memory_breakdown (C++ only in llama-ext.h) as a C array: fills
+ * at most `cap` entries and writes the total count to *n (call again with a
+ * larger array when *n > cap). */
+int llama_rs_memory_breakdown(const struct llama_context * ctx, llama_rs_memory_entry * out, size_t cap,
+                              size_t * n);
+
 #ifdef __cplusplus
 }
 #endif

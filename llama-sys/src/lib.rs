@@ -21,6 +21,13 @@ include!("bindings.rs");
 /// The llama.cpp commit these bindings and the build are pinned to.
 pub const LLAMA_CPP_COMMIT: &str = "5f55650a78f9";
 
+/// Folder holding the backend modules built with this crate (feature
+/// `dynamic-backends`); empty for static builds.
+pub const BACKEND_DIR: &str = env!("LLAMA_SYS_BACKEND_DIR");
+
+/// True when backends are modules loaded at run time (feature `dynamic-backends`).
+pub const DYNAMIC_BACKENDS: bool = cfg!(feature = "dynamic-backends");
+
 /// Backends compiled into this build, e.g. `["cpu", "cuda"]`.
 pub const BUILT_BACKENDS: &[&str] = &[
     "cpu",

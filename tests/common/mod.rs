@@ -9,13 +9,22 @@ use std::sync::OnceLock;
 
 pub const SEED: u64 = 42;
 
+/// The fixture folder: `LLAMA_RS_FIXTURE_DIR` at run time (test binaries
+/// carried to another machine), else the one chosen at build time.
+pub fn fixture_dir() -> PathBuf {
+    std::env::var_os("LLAMA_RS_FIXTURE_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(llama_rs_suite::FIXTURE_DIR))
+}
+
 /// Path of the tiny synthetic model with the given vocabulary (F32 weights).
 pub fn tiny_path(vocab: VocabKind) -> PathBuf {
     SyntheticModel::new(ModelShape::tiny())
         .vocab(vocab)
         .weight_type(WeightType::F32)
         .seed(SEED)
-        .write_cached(llama_rs_suite::FIXTURE_DIR)
+        .write_cached(fixture_dir())
         .expect("write the tiny synthetic model")
 }
 
@@ -36,7 +45,7 @@ pub fn tiny_bpe() -> &'static Model {
 
 /// A fresh temporary folder under the fixture folder.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(llama_rs_suite::FIXTURE_DIR).join("tmp").join(format!("{name}-{}", std::process::id()));
+    let dir = fixture_dir().join("tmp").join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
