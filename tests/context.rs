@@ -251,3 +251,37 @@ fn contexts_on_one_model_from_several_threads() {
         }
     });
 }
+
+#[test]
+fn memory_plan_matches_the_real_allocation_on_the_cpu() {
+    let path = common::tiny_path(llama_rs::synthetic::VocabKind::Spm);
+    let params = || llama_rs::ModelParams::default().devices(&[]);
+    let ctx_params = ContextParams::default().n_ctx(512).threads(1);
+    let plan = llama_rs::plan_memory(&path, params(), ctx_params.clone()).unwrap();
+    let m = llama_rs::Model::load_with(&path, params()).unwrap();
+    let c = m.new_context(ctx_params).unwrap();
+    let real = llama_rs::per_device(&c.memory_breakdown().unwrap());
+    eprintln!("plan {plan:?}\nreal {real:?}");
+    assert_eq!(plan.len(), real.len());
+    for (p, r) in plan.iter().zip(&real) {
+        assert_eq!(p.device, r.device);
+        assert!(r.model > 0 && r.context > 0, "{r:?}");
+        let err = (p.total() as f64 - r.total() as f64).abs() / r.total() as f64;
+        assert!(err <= 0.05, "{}: planned {} B, allocated {} B", p.device, p.total(), r.total());
+    }
+}
+
+#[test]
+fn memory_plan_grows_with_the_context() {
+    let path = common::tiny_path(llama_rs::synthetic::VocabKind::Spm);
+    let plan = |n| llama_rs::plan_memory(&path, Default::default(), ContextParams::default().n_ctx(n)).unwrap();
+    let (small, big) = (plan(256), plan(512));
+    let kv = |p: &[llama_rs::DeviceMemory]| p.iter().map(|d| d.context).sum::<u64>();
+    let weights = |p: &[llama_rs::DeviceMemory]| p.iter().map(|d| d.model).sum::<u64>();
+    // Twice the context, twice the KV cache; the same weights.
+    assert_eq!(kv(&big), 2 * kv(&small));
+    assert_eq!(weights(&big), weights(&small));
+    // Bad split settings fail the plan exactly as they fail a load.
+    let bad = llama_rs::ModelParams::default().tensor_split(&[-1.0]);
+    assert!(matches!(llama_rs::plan_memory(&path, bad, ContextParams::default()), Err(Error::TensorSplit { .. })));
+}

@@ -240,6 +240,9 @@ impl ModelParams {
     /// [`plan_memory`](crate::plan_memory).
     pub(crate) fn dry_run(mut self) -> Self {
         self.no_alloc = true;
+        // no_alloc with mmap asserts in llama.cpp (llama-model.cpp:1857).
+        self.load_mode = LoadMode::NoMmap;
+        self.progress = None;
         self
     }
 
