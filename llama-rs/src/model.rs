@@ -246,6 +246,10 @@ impl ModelParams {
         self
     }
 
+    pub(crate) fn tensor_split_values(&self) -> &[f32] {
+        &self.tensor_split
+    }
+
     /// The device list this configuration resolves to on this machine.
     pub fn resolved_devices(&self) -> Result<Vec<Device>> {
         let all = device::devices();
@@ -429,8 +433,10 @@ impl Model {
         let mut dev_ptrs: Vec<sys::ggml_backend_dev_t> =
             devices.iter().map(|d| device::raw_device(d.index).expect("resolved devices exist")).collect();
         let mut main_gpu = params.main_gpu as i32;
+        let mut devices = devices;
         if params.split_mode == SplitMode::None && !dev_ptrs.is_empty() {
             dev_ptrs = vec![dev_ptrs[params.main_gpu]];
+            devices = vec![devices[params.main_gpu].clone()];
             main_gpu = 0;
         }
         dev_ptrs.push(std::ptr::null_mut());
