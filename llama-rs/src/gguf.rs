@@ -26,6 +26,8 @@
 //! | `src/llama-vocab.cpp:3240-3241` | a BYTE-typed token (type 6) in a WPM (`bert`) vocabulary: building the piece cache at load (3093) calls `token_to_byte`, which aborts for WPM | yes |
 //! | `src/llama-vocab.cpp:3477, 3514, 3561, 3588, 3613, 3637, 3663` | tokenizing with add_bos/add_eos when the BOS/EOS id is unset: an out-of-range id in the file is dropped with only a warning (2655), so the abort comes later, at the first tokenize | yes: bos/eos ids must be < the number of tokens |
 //! | `src/llama-model-loader.cpp:1316` | a tensor dimension computed from hparams is < 1: `embedding_length` 0 (every architecture), an empty token list, and for plain transformers (`llama` and kin, see [`PLAIN_TRANSFORMERS`]) `attention.head_count`, `attention.head_count_kv` or `feed_forward_length` 0 | yes |
+//! | `ggml/src/ggml-cpu/ops.cpp:4026, 4132, 4502` | `<arch>.attention.layer_norm_epsilon`, `layer_norm_rms_epsilon` or `group_norm_epsilon` negative or NaN: the norm kernels assert `eps >= 0` at the first decode | yes |
+//! | `ggml/src/ggml-cpu/ops.cpp:6354-6355`, `src/models/*.cpp` (e.g. `qwen2.cpp:56-57`) | `<arch>.rope.dimension_count` odd or over the head size; for the architectures in [`ROPE_EQUALS_HEAD`] different from the head size, or value and key head sizes differing | yes |
 //! | `src/llama-vocab.cpp:2611` | an RWKV vocabulary that cannot tokenize "\n" | no (needs the RWKV tokenizer) |
 //!
 //! Also rejected, although llama.cpp itself only throws (a clean load
@@ -54,6 +56,18 @@ const ROPE_SCALING_TYPES: [&str; 4] = ["none", "linear", "yarn", "longrope"];
 /// recurrent architectures legitimately have zero heads in some layers.
 pub(crate) const PLAIN_TRANSFORMERS: [&str; 8] =
     ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "starcoder2"];
+/// Architectures whose graph builder asserts `n_embd_head_v == n_embd_head_k
+/// == n_rot` (`src/models/<name>.cpp`, e.g. `qwen2.cpp:56-57`), listed where
+/// the builder's file name is the architecture's name.
+#[rustfmt::skip]
+const ROPE_EQUALS_HEAD: [&str; 53] = [
+    "apertus", "arcee", "arctic", "baichuan", "chameleon", "codeshell", "cogvlm", "cohere2moe", "dbrx", "deci",
+    "deepseek", "dots1", "dream", "exaone-moe", "exaone", "exaone4", "falcon", "granite", "grok", "grovemoe",
+    "hunyuan-moe", "internlm2", "jais2", "llada-moe", "llada", "llama", "llama4", "maincoder", "mellum", "minimax-01",
+    "minimax-m2", "mistral3", "nemotron", "olmo", "olmo2", "olmoe", "orion", "paddleocr", "plamo", "pockettts",
+    "qwen2", "qwen2moe", "qwen2vl", "qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe", "rnd1", "smallthinker", "smollm3",
+    "starcoder2", "talkie", "xverse",
+];
 /// `LLAMA_TOKEN_TYPE_BYTE` (`include/llama.h`).
 const TOKEN_TYPE_BYTE: i32 = 6;
 
@@ -143,6 +157,12 @@ impl Gguf {
     pub(crate) fn get_u32(&self, key: &str) -> Result<Option<u32>> {
         // SAFETY: the id has type UINT32 (checked), which gguf_get_val_u32 asserts.
         Ok(self.scalar_id(key, sys::GGUF_TYPE_UINT32)?.map(|id| unsafe { sys::gguf_get_val_u32(self.ptr(), id) }))
+    }
+
+    /// An f32 value.
+    pub(crate) fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+        // SAFETY: the id has type FLOAT32 (checked), which gguf_get_val_f32 asserts.
+        Ok(self.scalar_id(key, sys::GGUF_TYPE_FLOAT32)?.map(|id| unsafe { sys::gguf_get_val_f32(self.ptr(), id) }))
     }
 
     /// A string value (cut at the first NUL, as llama.cpp reads it).
@@ -336,9 +356,57 @@ pub(crate) fn validate_model_file(path: &Path) -> Result<()> {
         }
     }
 
+    // Norm epsilons: ggml's norm kernels assert eps >= 0 at the first decode
+    // (`ggml/src/ggml-cpu/ops.cpp:4026, 4132, 4502`); NaN fails that too.
+    for key in
+        [k("attention.layer_norm_epsilon"), k("attention.layer_norm_rms_epsilon"), k("attention.group_norm_epsilon")]
+    {
+        if let Some(eps) = g.get_f32(&key)? {
+            if !(eps.is_finite() && eps >= 0.0) {
+                return Err(bad(&key, &eps, "must be finite and >= 0"));
+            }
+        }
+    }
+
     // Dimensions that become tensor sizes.
-    if g.get_u32(&k("embedding_length"))? == Some(0) {
+    let n_embd = g.get_u32(&k("embedding_length"))?;
+    if n_embd == Some(0) {
         return Err(bad(&k("embedding_length"), &0, "must be at least 1"));
+    }
+
+    // RoPE dimensions against the head size (llama.cpp's own head size: key
+    // length, else n_embd / n_head of layer 0). ggml's rope kernel asserts
+    // n_rot even and <= the head size at the first decode
+    // (`ggml/src/ggml-cpu/ops.cpp:6354-6355`); many graph builders assert
+    // n_rot == head size == value head size when the context is created.
+    let n_head = g.get_u32_or_arr(&k("attention.head_count"))?.and_then(|v| v.first().copied()).unwrap_or(0);
+    if let (Some(n_embd), true) = (n_embd, n_head > 0) {
+        let head_k = g.get_u32(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
+        let head_v = g.get_u32(&k("attention.value_length"))?.unwrap_or(n_embd / n_head);
+        let strict = ROPE_EQUALS_HEAD.contains(&arch.as_str());
+        if let Some(n_rot) = g.get_u32(&k("rope.dimension_count"))? {
+            if n_rot % 2 != 0 || n_rot > head_k {
+                return Err(bad(
+                    &k("rope.dimension_count"),
+                    &n_rot,
+                    &format!("must be even and <= the head size {head_k}"),
+                ));
+            }
+            if strict && n_rot != head_k {
+                return Err(bad(
+                    &k("rope.dimension_count"),
+                    &n_rot,
+                    &format!("must equal the head size {head_k} for architecture {arch}"),
+                ));
+            }
+        }
+        if strict && head_v != head_k {
+            return Err(bad(
+                &k("attention.value_length"),
+                &head_v,
+                &format!("must equal the key head size {head_k} for architecture {arch}"),
+            ));
+        }
     }
     if PLAIN_TRANSFORMERS.contains(&arch.as_str()) {
         for key in [k("attention.head_count"), k("attention.head_count_kv"), k("feed_forward_length")] {

@@ -58,7 +58,12 @@ impl std::fmt::Debug for Vocab<'_> {
 impl<'m> Vocab<'m> {
     pub(crate) fn new(ptr: *const sys::llama_vocab) -> Vocab<'m> {
         // SAFETY: ptr comes from llama_model_get_vocab of a live model.
-        let n_tokens = unsafe { sys::llama_vocab_n_tokens(ptr) };
+        let (n_tokens, no_vocab) =
+            unsafe { (sys::llama_vocab_n_tokens(ptr), sys::llama_vocab_type(ptr) == sys::LLAMA_VOCAB_TYPE_NONE) };
+        // A model whose tokenizer is none/no_vocab still has its token list,
+        // but every per-token call of llama.cpp asserts on it
+        // (`llama-vocab.cpp:3192-3249`): no id is valid then.
+        let n_tokens = if no_vocab { 0 } else { n_tokens };
         Vocab { ptr, n_tokens, _model: PhantomData }
     }
 
@@ -66,7 +71,8 @@ impl<'m> Vocab<'m> {
         self.ptr
     }
 
-    /// Number of tokens; valid ids are `0..n_tokens`.
+    /// Number of tokens; valid ids are `0..n_tokens` (none for a model
+    /// without a tokenizer, [`VocabType::None`]).
     pub fn n_tokens(&self) -> i32 {
         self.n_tokens
     }
@@ -173,6 +179,13 @@ impl<'m> Vocab<'m> {
         parse_special: bool,
         out: &mut Vec<Token>,
     ) -> Result<()> {
+        if self.vocab_type() == VocabType::None {
+            // llama.cpp creates no tokenizer for such a model and aborts in
+            // tokenize (`llama-vocab.cpp:3456`).
+            return Err(Error::Tokenize {
+                message: "the model has no vocabulary (tokenizer.ggml.model is none/no_vocab)".into(),
+            });
+        }
         let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize {
             message: format!("text of {} bytes is longer than i32::MAX", text.len()),
         })?;
