@@ -133,13 +133,43 @@ fn check_split(mode: SplitMode, split: &[f32], reference: &[f32]) {
     };
     eprintln!("share per GPU: {share:?}");
     assert!(share.iter().all(|&b| b > 0.0), "{mode} {split:?}: every GPU holds part of the model: {share:?}");
-    let max_other = share[1..].iter().cloned().fold(0.0, f64::max);
-    if g.len() >= 2 && split.first() == Some(&3.0) {
-        assert!(share[0] >= 1.5 * max_other, "{mode} {split:?}: the first GPU holds the most: {share:?}");
-    } else if g.len() >= 2 && !split.is_empty() {
-        let min = share.iter().cloned().fold(f64::MAX, f64::min);
-        let max = share.iter().cloned().fold(0.0, f64::max);
-        assert!(max <= 2.0 * min, "{mode} {split:?}: shares about equal: {share:?}");
+    let n = g.len();
+    if n >= 2 && split.first() == Some(&3.0) {
+        match mode {
+            // Whole layers: the first GPU gets the most.
+            SplitMode::Layer => {
+                let max_other = share[1..].iter().cloned().fold(0.0, f64::max);
+                assert!(share[0] >= 1.5 * max_other, "{mode} {split:?}: the first GPU holds the most: {share:?}")
+            }
+            // Rows of every weight: the first GPU holds (3-1)/(3+n-1) of the
+            // weights more than each other GPU; the rest (compute buffers,
+            // the all-reduce library's buffers) is the same on every GPU.
+            _ => {
+                let weights: u64 = mem.iter().filter(|m| m.device.starts_with("Meta")).map(|m| m.model).sum();
+                let total_weights = weights as f64 * (3.0 + (n - 1) as f64) / 3.0;
+                let want = total_weights * 2.0 / (3.0 + (n - 1) as f64);
+                let mean_other = share[1..].iter().sum::<f64>() / (n - 1) as f64;
+                let got = share[0] - mean_other;
+                eprintln!("first GPU holds {got} B more than the others, expected {want} B");
+                assert!((got - want).abs() <= 0.25 * want, "{mode} {split:?}: {got} B more, expected {want} B");
+            }
+        }
+    } else if n >= 2 && !split.is_empty() {
+        match mode {
+            // Equal shares of whole layers (the output layer counts as one
+            // more): each GPU within 1.5 layers of n_layer / n.
+            SplitMode::Layer => {
+                let per_layer = share.iter().sum::<f64>() / m.n_layer() as f64;
+                let even = m.n_layer() as f64 / n as f64;
+                for s in &share {
+                    assert!((s / per_layer - even).abs() <= 1.5, "{mode} {split:?}: about equal layers: {share:?}");
+                }
+            }
+            _ => {
+                let (min, max) = share.iter().fold((f64::MAX, 0.0f64), |(a, b), &s| (a.min(s), b.max(s)));
+                assert!(max - min <= 0.05 * max, "{mode} {split:?}: equal shares: {share:?}");
+            }
+        }
     }
     let logits = last_logits(&m, FlashAttention::Auto);
     let d = max_diff(&logits, reference);
@@ -233,6 +263,12 @@ fn invalid_multi_gpu_settings_are_refused() {
     assert!(matches!(e, Error::SplitMode { mode: "tensor", .. }), "{e}");
 }
 
+/// The plan against what the devices report in use after loading and
+/// creating a context. Layer mode: within 5% per device. Tensor mode: the
+/// plan covers what llama.cpp accounts (weights, KV cache, compute buffers,
+/// checked within 5% per device against the meta device's accounting); the
+/// all-reduce library's own buffers are not accounted by llama.cpp and are
+/// printed, not asserted.
 #[test]
 #[ignore = "needs a GPU"]
 fn memory_plan_matches_what_loading_allocates() {
@@ -248,11 +284,26 @@ fn memory_plan_matches_what_loading_allocates() {
         let used = used_since(&before, &g);
         let real = llama_rs::per_device(&c.memory_breakdown().unwrap());
         eprintln!("{mode}: plan {plan:?}\n{mode}: breakdown {real:?}\n{mode}: reported in use {used:?}");
+        let meta: u64 = real.iter().filter(|d| d.device.starts_with("Meta")).map(DeviceMemory::total).sum();
         for (dev, &u) in g.iter().zip(&used) {
             let p: u64 = plan.iter().filter(|d| d.device == dev.name).map(DeviceMemory::total).sum();
             let err = (p as f64 - u as f64).abs() / u as f64;
-            worst = worst.max(err);
             eprintln!("{mode}: {} planned {p} B, the device reports {u} B in use ({:.2}%)", dev.name, err * 100.0);
+            if mode == SplitMode::Layer || g.len() == 1 {
+                worst = worst.max(err);
+            } else {
+                // Equal split: every device holds what the meta device accounts.
+                let own: u64 = real.iter().filter(|d| d.device == dev.name).map(DeviceMemory::total).sum();
+                let accounted = meta + own;
+                let e = (p as f64 - accounted as f64).abs() / accounted as f64;
+                eprintln!(
+                    "{mode}: {} planned {p} B, llama.cpp accounts {accounted} B ({:.2}%); not accounted: {} B",
+                    dev.name,
+                    e * 100.0,
+                    u - accounted as i64
+                );
+                worst = worst.max(e);
+            }
         }
     }
     eprintln!("worst plan error: {:.2}%", worst * 100.0);

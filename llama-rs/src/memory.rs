@@ -113,7 +113,9 @@ impl Context<'_> {
 ///
 /// In tensor mode llama.cpp accounts the split weights, KV cache and compute
 /// buffers to one "Meta" device; the plan shares them out over the real
-/// devices in tensor-split proportions (equal when none is given).
+/// devices in tensor-split proportions (equal when none is given). It does not
+/// include the all-reduce library's own buffers (NCCL: about 200 MiB per GPU
+/// measured on H200s), which llama.cpp does not account.
 pub fn plan_memory(
     path: impl AsRef<Path>,
     params: ModelParams,
@@ -125,15 +127,17 @@ pub fn plan_memory(
     let mut plan = per_device(&ctx.memory_breakdown()?);
     let devices: Vec<String> = model.devices().iter().map(|d| d.name.clone()).collect();
     if let Some(i) = plan.iter().position(|d| d.device.starts_with("Meta")) {
+        // The meta device reports what its largest share holds: weights and
+        // KV cache split in tensor-split proportions, compute buffers on each.
         let meta = plan.remove(i);
         let shares: Vec<f64> = if split.iter().any(|&v| v > 0.0) {
             (0..devices.len()).map(|k| split.get(k).copied().unwrap_or(0.0) as f64).collect()
         } else {
             vec![1.0; devices.len()]
         };
-        let sum: f64 = shares.iter().sum();
+        let max = shares.iter().cloned().fold(0.0, f64::max);
         for (name, share) in devices.iter().zip(&shares) {
-            let part = |b: u64| (b as f64 * share / sum).round() as u64;
+            let part = |b: u64| (b as f64 * share / max).round() as u64;
             let slot = match plan.iter().position(|d| &d.device == name) {
                 Some(k) => k,
                 None => {
@@ -143,7 +147,7 @@ pub fn plan_memory(
             };
             plan[slot].model += part(meta.model);
             plan[slot].context += part(meta.context);
-            plan[slot].compute += part(meta.compute);
+            plan[slot].compute += meta.compute;
         }
     }
     Ok(plan)
