@@ -132,7 +132,11 @@ fn check_split(mode: SplitMode, split: &[f32], reference: &[f32]) {
         _ => used.iter().map(|&u| u as f64).collect(),
     };
     eprintln!("share per GPU: {share:?}");
-    assert!(share.iter().all(|&b| b > 0.0), "{mode} {split:?}: every GPU holds part of the model: {share:?}");
+    let holds: Vec<u64> = match mode {
+        SplitMode::Layer => g.iter().map(|d| bytes_on(&mem, d)).collect(),
+        _ => used.iter().map(|&u| u.max(0) as u64).collect(),
+    };
+    assert!(holds.iter().all(|&b| b > 0), "{mode} {split:?}: every GPU holds part of the model: {holds:?}");
     let n = g.len();
     if n >= 2 && split.first() == Some(&3.0) {
         match mode {

@@ -127,17 +127,18 @@ pub fn plan_memory(
     let mut plan = per_device(&ctx.memory_breakdown()?);
     let devices: Vec<String> = model.devices().iter().map(|d| d.name.clone()).collect();
     if let Some(i) = plan.iter().position(|d| d.device.starts_with("Meta")) {
-        // The meta device reports what its largest share holds: weights and
-        // KV cache split in tensor-split proportions, compute buffers on each.
+        // The dry run accounts the whole weights and KV cache to the meta
+        // device: they are split in tensor-split proportions; every device
+        // gets the compute buffers.
         let meta = plan.remove(i);
         let shares: Vec<f64> = if split.iter().any(|&v| v > 0.0) {
             (0..devices.len()).map(|k| split.get(k).copied().unwrap_or(0.0) as f64).collect()
         } else {
             vec![1.0; devices.len()]
         };
-        let max = shares.iter().cloned().fold(0.0, f64::max);
+        let sum: f64 = shares.iter().sum();
         for (name, share) in devices.iter().zip(&shares) {
-            let part = |b: u64| (b as f64 * share / max).round() as u64;
+            let part = |b: u64| (b as f64 * share / sum).round() as u64;
             let slot = match plan.iter().position(|d| &d.device == name) {
                 Some(k) => k,
                 None => {
