@@ -45,3 +45,8 @@ pub use vocab::{Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.
 pub use llama_sys as sys;
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
