@@ -285,3 +285,19 @@ fn memory_plan_grows_with_the_context() {
     let bad = llama_rs::ModelParams::default().tensor_split(&[-1.0]);
     assert!(matches!(llama_rs::plan_memory(&path, bad, ContextParams::default()), Err(Error::TensorSplit { .. })));
 }
+
+#[test]
+fn fit_without_gpus_keeps_the_request() {
+    let path = common::tiny_path(llama_rs::synthetic::VocabKind::Spm);
+    let ctx = ContextParams::default().n_ctx(512);
+    let f =
+        llama_rs::fit(&path, llama_rs::ModelParams::default().devices(&[]), ctx.clone(), Default::default()).unwrap();
+    assert_eq!((f.n_gpu_layers, f.n_ctx), (None, 512));
+    assert!(f.plan.iter().all(|d| d.device == "CPU"));
+    // Free memory given for GPUs the model does not use.
+    let bad = llama_rs::FitParams { free: Some(vec![1 << 30]), ..Default::default() };
+    assert!(matches!(
+        llama_rs::fit(&path, llama_rs::ModelParams::default().devices(&[]), ctx, bad),
+        Err(Error::InvalidParam { .. })
+    ));
+}

@@ -313,3 +313,50 @@ fn memory_plan_matches_what_loading_allocates() {
     eprintln!("worst plan error: {:.2}%", worst * 100.0);
     assert!(worst <= 0.05, "a device's plan is off by {:.2}% (> 5%)", worst * 100.0);
 }
+
+/// `fit` keeps every GPU within the free memory it is given: it shortens the
+/// context first, then takes layers off the GPUs, and says when nothing fits.
+#[test]
+#[ignore = "needs a GPU"]
+fn fit_chooses_what_fits() {
+    let g = gpus();
+    for mode in [SplitMode::Layer, SplitMode::Tensor] {
+        let params = || ModelParams::default().split_mode(mode).devices(&indices(&g));
+        let ctx = ContextParams::default().n_ctx(2048);
+        let full = llama_rs::plan_memory(small_path(), params(), ctx.clone()).unwrap();
+        let on = |plan: &[DeviceMemory], d: &Device| -> u64 {
+            plan.iter().filter(|p| p.device == d.name).map(DeviceMemory::total).sum()
+        };
+        let fit_with = |free: Vec<u64>| {
+            let f = llama_rs::FitParams { margin: 0, min_ctx: 512, free: Some(free.clone()) };
+            let r = llama_rs::fit(small_path(), params(), ctx.clone(), f);
+            if let Ok(fit) = &r {
+                for (d, &f) in g.iter().zip(&free) {
+                    assert!(on(&fit.plan, d) <= f, "{mode}: {} planned {} B > {f} B free", d.name, on(&fit.plan, d));
+                }
+            }
+            r
+        };
+        // Everything fits: unchanged.
+        let roomy: Vec<u64> = g.iter().map(|d| on(&full, d) + (64 << 20)).collect();
+        let f = fit_with(roomy).unwrap();
+        assert_eq!((f.n_gpu_layers, f.n_ctx), (None, 2048), "{mode}");
+        // A little short: a shorter context, all layers.
+        let short: Vec<u64> = g.iter().map(|d| on(&full, d) - 1).collect();
+        let f = fit_with(short).unwrap();
+        assert!(f.n_gpu_layers.is_none() && f.n_ctx < 2048, "{mode}: {f:?}");
+        // Room for only 4 of the 9 layers (8 + output) at the shortest context:
+        // fewer layers on the GPUs.
+        let half_plan =
+            llama_rs::plan_memory(small_path(), params().n_gpu_layers(Some(4)), ctx.clone().n_ctx(512)).unwrap();
+        let half: Vec<u64> = g.iter().map(|d| on(&half_plan, d)).collect();
+        let f = fit_with(half).unwrap_or_else(|e| panic!("{mode}: {e}"));
+        assert!(f.n_gpu_layers.is_some_and(|n| (4..9).contains(&n)) && f.n_ctx == 512, "{mode}: {f:?}");
+        // No free memory: an error, or nothing at all on the GPUs.
+        match fit_with(vec![0; g.len()]) {
+            Err(_) => {}
+            Ok(f) => assert!(g.iter().all(|d| on(&f.plan, d) == 0), "{mode}: {f:?}"),
+        }
+        eprintln!("{mode}: fit ok");
+    }
+}

@@ -36,7 +36,7 @@ pub use context::{Context, ContextParams, FlashAttention, KvType, PerfContext};
 pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
-pub use memory::{per_device, plan_memory, BufferMemory, DeviceMemory};
+pub use memory::{fit, per_device, plan_memory, BufferMemory, DeviceMemory, Fit, FitParams};
 pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
 pub use modules::{backend_modules, load_backend_dir, load_backend_module, pin_stamp, BackendModule};
 pub use quantize::{quantize, Ftype, QuantizeParams};

@@ -121,6 +121,18 @@ pub fn plan_memory(
     params: ModelParams,
     ctx_params: ContextParams,
 ) -> Result<Vec<DeviceMemory>> {
+    Ok(dry_run(path.as_ref(), params, ctx_params)?.plan)
+}
+
+struct DryRun {
+    plan: Vec<DeviceMemory>,
+    /// The GPUs the model would use.
+    devices: Vec<crate::Device>,
+    n_layer: u32,
+    n_ctx: u32,
+}
+
+fn dry_run(path: &Path, params: ModelParams, ctx_params: ContextParams) -> Result<DryRun> {
     let split = params.tensor_split_values().to_vec();
     let model = Model::load_with(path, params.dry_run())?;
     let ctx = model.new_context_dry(ctx_params)?;
@@ -151,5 +163,108 @@ pub fn plan_memory(
             plan[slot].compute += meta.compute;
         }
     }
-    Ok(plan)
+    Ok(DryRun { plan, devices: model.devices().to_vec(), n_layer: model.n_layer(), n_ctx: ctx.n_ctx() })
+}
+
+/// Settings of [`fit`].
+#[derive(Clone, Debug)]
+pub struct FitParams {
+    /// Bytes to keep free on every GPU (default 1 GiB).
+    pub margin: u64,
+    /// Smallest context length `fit` may choose (default 4096, or the
+    /// requested length when that is smaller).
+    pub min_ctx: u32,
+    /// Free bytes per GPU, in the order of the model's device list, instead of
+    /// what the devices report now (what-if planning, tests).
+    pub free: Option<Vec<u64>>,
+}
+
+impl Default for FitParams {
+    fn default() -> Self {
+        FitParams { margin: 1 << 30, min_ctx: 4096, free: None }
+    }
+}
+
+/// What [`fit`] chose.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fit {
+    /// Layers on the GPUs: `None` = all (as [`ModelParams::n_gpu_layers`] takes it).
+    pub n_gpu_layers: Option<u32>,
+    /// Context length.
+    pub n_ctx: u32,
+    /// The plan of that choice.
+    pub plan: Vec<DeviceMemory>,
+}
+
+/// Chooses `n_gpu_layers` and `n_ctx` so that every GPU keeps `fit.margin`
+/// bytes free, from memory plans (no allocation): all layers at the requested
+/// context length if that fits; else the longest context, halving down to
+/// `min_ctx`, that fits with all layers; else the most layers that fit at
+/// `min_ctx`. Works in every split mode, tensor mode included (llama.cpp's own
+/// fit refuses it); in tensor mode, keep the margin above NCCL's buffers
+/// (about 200 MiB per GPU on H200s), which llama.cpp does not account.
+/// Errors when not even the CPU-only plan leaves the margin on the GPUs.
+pub fn fit(path: impl AsRef<Path>, params: ModelParams, ctx_params: ContextParams, fit: FitParams) -> Result<Fit> {
+    let path = path.as_ref();
+    let first = dry_run(path, params.clone_settings(), ctx_params.clone())?;
+    let free: Vec<u64> = match &fit.free {
+        Some(f) if f.len() == first.devices.len() => f.clone(),
+        Some(f) => {
+            return Err(crate::Error::invalid(
+                "fit free memory",
+                format!("{} entries", f.len()),
+                format!("give one entry per GPU of the model ({})", first.devices.len()),
+            ))
+        }
+        None => {
+            let now = crate::devices();
+            first.devices.iter().map(|d| now.get(d.index).map_or(0, |n| n.memory_free)).collect()
+        }
+    };
+    let fits = |run: &DryRun| {
+        run.devices.iter().zip(&free).all(|(d, &f)| {
+            let used: u64 = run.plan.iter().filter(|p| p.device == d.name).map(DeviceMemory::total).sum();
+            used.saturating_add(fit.margin) <= f
+        })
+    };
+    let done = |run: DryRun, ngl: Option<u32>| Ok(Fit { n_gpu_layers: ngl, n_ctx: run.n_ctx, plan: run.plan });
+    let requested_ngl = u32::try_from(params.n_gpu_layers_value()).ok();
+    if fits(&first) {
+        return done(first, requested_ngl);
+    }
+    let min_ctx = fit.min_ctx.min(first.n_ctx).max(1);
+    let mut n_ctx = first.n_ctx;
+    let mut last = first;
+    while n_ctx > min_ctx {
+        n_ctx = (n_ctx / 2).max(min_ctx);
+        let run = dry_run(path, params.clone_settings(), ctx_params.clone().n_ctx(n_ctx))?;
+        if fits(&run) {
+            return done(run, requested_ngl);
+        }
+        last = run;
+    }
+    // The most layers that fit at min_ctx (the output layer counts as one more).
+    let top = requested_ngl.unwrap_or(last.n_layer + 1).min(last.n_layer + 1);
+    let (mut lo, mut hi) = (0u32, top);
+    let mut best = None;
+    while lo <= hi {
+        let mid = (lo + hi) / 2;
+        let run = dry_run(path, params.clone_settings().n_gpu_layers(Some(mid)), ctx_params.clone().n_ctx(min_ctx))?;
+        if fits(&run) {
+            best = Some((mid, run));
+            lo = mid + 1;
+        } else if mid == 0 {
+            break;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    match best {
+        Some((ngl, run)) => done(run, Some(ngl)),
+        None => Err(crate::Error::invalid(
+            "fit",
+            format!("margin {} MiB", fit.margin >> 20),
+            "even with no layer on the GPUs the plan leaves less than the margin free; lower the margin or free GPU memory",
+        )),
+    }
 }

@@ -246,6 +246,29 @@ impl ModelParams {
         self
     }
 
+    /// A copy of every setting but the progress callback (plans and fits
+    /// load the metadata many times).
+    pub(crate) fn clone_settings(&self) -> ModelParams {
+        ModelParams {
+            n_gpu_layers: self.n_gpu_layers,
+            split_mode: self.split_mode,
+            main_gpu: self.main_gpu,
+            tensor_split: self.tensor_split.clone(),
+            devices: self.devices.clone(),
+            include_igpu: self.include_igpu,
+            load_mode: self.load_mode,
+            vocab_only: self.vocab_only,
+            check_tensors: self.check_tensors,
+            kv_overrides: self.kv_overrides.clone(),
+            progress: None,
+            no_alloc: self.no_alloc,
+        }
+    }
+
+    pub(crate) fn n_gpu_layers_value(&self) -> i32 {
+        self.n_gpu_layers
+    }
+
     pub(crate) fn tensor_split_values(&self) -> &[f32] {
         &self.tensor_split
     }
