@@ -79,11 +79,16 @@ fn resolve_model(spec: &str, info: &mut dyn Write) -> Result<ModelSpec, BoxError
         t => return Err(format!("synthetic weight type {t:?}: expected f32, f16, q8_0, q4_k, q6_k or q4_k_m").into()),
     };
     let synthetic = SyntheticModel::new(shape).vocab(vocab).weight_type(wt).seed(1);
-    let path = llama_rs_suite::FIXTURE_DIR.to_string() + "/" + &synthetic.file_name();
-    if !std::path::Path::new(&path).is_file() {
-        writeln!(info, "writing synthetic model {spec} to {path} (once) ...")?;
+    // The fixture folder of the build, unless LLAMA_RS_FIXTURE_DIR says
+    // otherwise at run time (a binary carried to another machine).
+    let dir = std::env::var_os("LLAMA_RS_FIXTURE_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(llama_rs_suite::FIXTURE_DIR), PathBuf::from);
+    let path = dir.join(synthetic.file_name());
+    if !path.is_file() {
+        writeln!(info, "writing synthetic model {spec} to {} (once) ...", path.display())?;
     }
-    let path = synthetic.write_cached(llama_rs_suite::FIXTURE_DIR)?;
+    let path = synthetic.write_cached(&dir)?;
     let name = format!("synthetic {shape_name} {} (random weights)", type_name.to_uppercase());
     Ok(ModelSpec { path, synthetic_name: Some(name) })
 }

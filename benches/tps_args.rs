@@ -41,9 +41,11 @@ environment:
   LLAMA_BENCH_ARGS            the same options as one string, read before the command line; an
                               option given on the command line replaces its value from there.
                               e.g. LLAMA_BENCH_ARGS='-p 512 -n 128 -r 3' cargo bench --bench tokens_per_second
+  LLAMA_RS_FIXTURE_DIR        where synthetic models are written (default: the build's fixture folder)
+  RUST_LOG                    llama.cpp's log lines (target llama_cpp), e.g. RUST_LOG=llama_cpp=info
 
-Without -p, -n and -pg on a CPU-only machine, the defaults are pp512 and tg128 all the same
-(the small synthetic model runs them in well under a minute on 2 cores).";
+The defaults (pp512, tg128, 5 repetitions, overhead lines) take about a minute on a 2-core CPU
+with the small synthetic model. Method and output: docs/BENCHMARKS.md.";
 
 /// The default synthetic model.
 pub const DEFAULT_MODEL: &str = "synthetic:small:q4_k_m";
