@@ -69,15 +69,7 @@ fn resolve_model(spec: &str, info: &mut dyn Write) -> Result<ModelSpec, BoxError
         "70b" => (ModelShape::llama3_70b(), VocabKind::Bpe),
         s => return Err(format!("synthetic model shape {s:?}: expected tiny, small, 8b or 70b").into()),
     };
-    let wt = match type_name {
-        "f32" => WeightType::F32,
-        "f16" => WeightType::F16,
-        "q8_0" => WeightType::Q8_0,
-        "q4_k" => WeightType::Q4_K,
-        "q6_k" => WeightType::Q6_K,
-        "q4_k_m" => WeightType::Q4_K_M,
-        t => return Err(format!("synthetic weight type {t:?}: expected f32, f16, q8_0, q4_k, q6_k or q4_k_m").into()),
-    };
+    let wt: WeightType = type_name.parse()?;
     let synthetic = SyntheticModel::new(shape).vocab(vocab).weight_type(wt).seed(1);
     // The fixture folder of the build, unless LLAMA_RS_FIXTURE_DIR says
     // otherwise at run time (a binary carried to another machine).

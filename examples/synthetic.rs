@@ -35,27 +35,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         match flag.as_str() {
-            "--shape" => {
-                shape = match v.as_str() {
-                    "tiny" => ModelShape::tiny(),
-                    "tiny-k" => ModelShape::tiny_k(),
-                    "small" => ModelShape::small(),
-                    "8b" => ModelShape::llama3_8b(),
-                    "70b" => ModelShape::llama3_70b(),
-                    _ => return Err(format!("unknown shape {v}\n{USAGE}").into()),
-                }
-            }
-            "--type" => {
-                ty = match v.as_str() {
-                    "f32" => WeightType::F32,
-                    "f16" => WeightType::F16,
-                    "q8_0" => WeightType::Q8_0,
-                    "q4_k" => WeightType::Q4_K,
-                    "q6_k" => WeightType::Q6_K,
-                    "q4_k_m" => WeightType::Q4_K_M,
-                    _ => return Err(format!("unknown type {v}\n{USAGE}").into()),
-                }
-            }
+            "--shape" => shape = ModelShape::by_name(&v)?,
+            "--type" => ty = v.parse()?,
             "--vocab" => {
                 vocab = match v.as_str() {
                     "spm" => VocabKind::Spm,

@@ -1165,6 +1165,32 @@ fn build_bpe(n_vocab: usize) -> Vocab {
     }
 }
 
+impl std::str::FromStr for WeightType {
+    type Err = Error;
+
+    /// `f32`, `f16`, `q8_0`, `q4_k`, `q6_k` or `q4_k_m`.
+    fn from_str(s: &str) -> Result<WeightType> {
+        [WeightType::F32, WeightType::F16, WeightType::Q8_0, WeightType::Q4_K, WeightType::Q6_K, WeightType::Q4_K_M]
+            .into_iter()
+            .find(|t| t.label() == s)
+            .ok_or_else(|| Error::invalid("weight type", s, "expected f32, f16, q8_0, q4_k, q6_k or q4_k_m"))
+    }
+}
+
+impl ModelShape {
+    /// A preset by name: `tiny`, `tiny-k`, `small`, `8b` or `70b`.
+    pub fn by_name(name: &str) -> Result<ModelShape> {
+        match name {
+            "tiny" => Ok(ModelShape::tiny()),
+            "tiny-k" => Ok(ModelShape::tiny_k()),
+            "small" => Ok(ModelShape::small()),
+            "8b" => Ok(ModelShape::llama3_8b()),
+            "70b" => Ok(ModelShape::llama3_70b()),
+            _ => Err(Error::invalid("model shape", name, "expected tiny, tiny-k, small, 8b or 70b")),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
