@@ -1,5 +1,6 @@
 //! Prints, before loading anything, the bytes each device will hold for a
-//! model and context: weights, KV cache, compute buffers; with `--fit`, first
+//! model and context: weights, KV cache, compute buffers, and in tensor mode the
+//! all-reduce's buffers (an estimate); with `--fit`, first
 //! chooses n_gpu_layers and n_ctx so that every GPU keeps a margin free.
 //!
 //! ```text
@@ -93,16 +94,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     println!("{} | split mode {sm} | {chosen}", path.display());
     let now = llama_rs::devices();
-    println!("| device | weights MiB | KV cache MiB | compute MiB | total MiB | free now MiB |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("| device | weights MiB | KV cache MiB | compute MiB | all-reduce MiB | total MiB | free now MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for d in &plan {
         let free = now.iter().find(|n| n.name == d.device).map_or("-".to_string(), |n| mib(n.memory_free));
         println!(
-            "| {} | {} | {} | {} | {} | {free} |",
+            "| {} | {} | {} | {} | {} | {} | {free} |",
             d.device,
             mib(d.model),
             mib(d.context),
             mib(d.compute),
+            mib(d.all_reduce),
             mib(d.total())
         );
     }

@@ -34,12 +34,94 @@ pub struct DeviceMemory {
     pub context: u64,
     /// Compute buffers.
     pub compute: u64,
+    /// Buffers of tensor mode's all-reduce (NCCL/RCCL communicators, or
+    /// ggml's internal pipeline) that llama.cpp allocates outside its own
+    /// accounting: an estimate, see [`all_reduce_reserve`]. Zero in a
+    /// [`Context::memory_breakdown`] sum and in every other split mode.
+    pub all_reduce: u64,
 }
 
 impl DeviceMemory {
     /// Everything together.
     pub fn total(&self) -> u64 {
-        self.model + self.context + self.compute
+        self.model + self.context + self.compute + self.all_reduce
+    }
+}
+
+/// How tensor mode's partial results are summed across GPUs (llama.cpp's CUDA
+/// and HIP backends pick one when the context is created).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllReduce {
+    /// NCCL (CUDA) or RCCL (HIP) communicators: llama.cpp's choice on Linux
+    /// when the backend was built with the library.
+    Nccl,
+    /// ggml's own pipeline, for exactly 2 GPUs: llama.cpp's choice without
+    /// NCCL/RCCL.
+    Internal,
+    /// ggml's generic butterfly through the meta backend: more than 2 GPUs
+    /// without NCCL/RCCL, or `GGML_CUDA_ALLREDUCE=none`.
+    Generic,
+}
+
+/// Device bytes per GPU that NCCL's communicators took in tensor mode on
+/// H200s (NCCL 2.x, CUDA 13, NVLink multicast off), with 2 and with 4 GPUs:
+/// llama.cpp does not account them. Measured by `tests/gpu.rs` (see
+/// docs/gpu-results.md).
+pub const NCCL_RESERVE: u64 = 200 << 20;
+
+/// Device bytes per GPU of ggml's internal 2-GPU all-reduce pipeline: its
+/// copy-engine scratch buffer (32 MiB, `GGML_CUDA_AR_COPY_MAX_BYTES`) plus
+/// the small arrival ring, rounded to the allocation granularity.
+pub const INTERNAL_ALL_REDUCE_RESERVE: u64 = 34 << 20;
+
+/// Which all-reduce llama.cpp will use for a tensor-mode context over these
+/// GPUs (`None` when there is none: fewer than 2 GPUs, or a backend without
+/// one), as llama.cpp decides it: `GGML_CUDA_ALLREDUCE` (`nccl`, `internal`,
+/// `none`) if set, else NCCL/RCCL when the backend was linked with it (seen as
+/// the library being loaded in this process), else the internal pipeline for
+/// exactly 2 GPUs, else the generic one.
+pub fn all_reduce_for(gpus: &[crate::Device]) -> Option<AllReduce> {
+    if gpus.len() < 2 || !gpus.iter().all(|d| d.backend == "CUDA" || d.backend == "ROCm") {
+        return None;
+    }
+    let internal_or_generic = || if gpus.len() == 2 { AllReduce::Internal } else { AllReduce::Generic };
+    match std::env::var("GGML_CUDA_ALLREDUCE").as_deref() {
+        Ok("none") => return Some(AllReduce::Generic),
+        Ok("internal") => return Some(internal_or_generic()),
+        Ok("nccl") | Err(_) => {}
+        // llama.cpp warns and uses the generic path for other values.
+        Ok(_) => return Some(AllReduce::Generic),
+    }
+    Some(if collective_library_loaded() { AllReduce::Nccl } else { internal_or_generic() })
+}
+
+/// Whether NCCL or RCCL is mapped into this process (a CUDA/HIP backend built
+/// with it links it; with dynamic backends, loading the module maps it).
+fn collective_library_loaded() -> bool {
+    std::fs::read_to_string("/proc/self/maps").is_ok_and(|maps| {
+        maps.lines().any(|l| {
+            let file = l.rsplit('/').next().unwrap_or("");
+            file.starts_with("libnccl.so") || file.starts_with("librccl.so")
+        })
+    })
+}
+
+/// The bytes per GPU that the plan adds for tensor mode's all-reduce, which
+/// llama.cpp allocates but does not account: [`NCCL_RESERVE`] for NCCL/RCCL,
+/// [`INTERNAL_ALL_REDUCE_RESERVE`] for the internal pipeline, 0 for the generic
+/// path. `LLAMA_RS_ALL_REDUCE_RESERVE_MIB` in the environment replaces the
+/// figure (e.g. for another NCCL version or topology, or with NCCL's own
+/// buffer settings changed).
+pub fn all_reduce_reserve(kind: AllReduce) -> u64 {
+    if let Some(mib) = std::env::var("LLAMA_RS_ALL_REDUCE_RESERVE_MIB").ok().and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return mib << 20;
+    }
+    match kind {
+        AllReduce::Nccl => NCCL_RESERVE,
+        AllReduce::Internal => INTERNAL_ALL_REDUCE_RESERVE,
+        AllReduce::Generic => 0,
     }
 }
 
@@ -113,9 +195,10 @@ impl Context<'_> {
 ///
 /// In tensor mode llama.cpp accounts the split weights, KV cache and compute
 /// buffers to one "Meta" device; the plan shares them out over the real
-/// devices in tensor-split proportions (equal when none is given). It does not
-/// include the all-reduce library's own buffers (NCCL: about 200 MiB per GPU
-/// measured on H200s), which llama.cpp does not account.
+/// devices in tensor-split proportions (equal when none is given), and adds to
+/// each GPU the all-reduce's own buffers, which llama.cpp does not account
+/// ([`DeviceMemory::all_reduce`], estimated by [`all_reduce_reserve`] for the
+/// path [`all_reduce_for`] predicts).
 pub fn plan_memory(
     path: impl AsRef<Path>,
     params: ModelParams,
@@ -162,6 +245,13 @@ fn dry_run(path: &Path, params: ModelParams, ctx_params: ContextParams) -> Resul
             plan[slot].context += part(meta.context);
             plan[slot].compute += meta.compute;
         }
+        let gpus: Vec<crate::Device> = model.devices().iter().filter(|d| d.is_gpu()).cloned().collect();
+        if let Some(kind) = all_reduce_for(&gpus) {
+            let reserve = all_reduce_reserve(kind);
+            for d in plan.iter_mut().filter(|d| gpus.iter().any(|g| g.name == d.device)) {
+                d.all_reduce = reserve;
+            }
+        }
     }
     Ok(DryRun { plan, devices: model.devices().to_vec(), n_layer: model.n_layer(), n_ctx: ctx.n_ctx() })
 }
@@ -201,8 +291,8 @@ pub struct Fit {
 /// context length if that fits; else the longest context, halving down to
 /// `min_ctx`, that fits with all layers; else the most layers that fit at
 /// `min_ctx`. Works in every split mode, tensor mode included (llama.cpp's own
-/// fit refuses it); in tensor mode, keep the margin above NCCL's buffers
-/// (about 200 MiB per GPU on H200s), which llama.cpp does not account.
+/// fit refuses it; the plans include tensor mode's all-reduce buffers, see
+/// [`plan_memory`]).
 /// Errors when not even the CPU-only plan leaves the margin on the GPUs.
 pub fn fit(path: impl AsRef<Path>, params: ModelParams, ctx_params: ContextParams, fit: FitParams) -> Result<Fit> {
     let path = path.as_ref();
@@ -266,5 +356,63 @@ pub fn fit(path: impl AsRef<Path>, params: ModelParams, ctx_params: ContextParam
             format!("margin {} MiB", fit.margin >> 20),
             "even with no layer on the GPUs the plan leaves less than the margin free; lower the margin or free GPU memory",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Device, DeviceKind};
+
+    fn dev(i: usize, backend: &str, kind: DeviceKind) -> Device {
+        Device {
+            index: i,
+            name: format!("{backend}{i}"),
+            description: String::new(),
+            backend: backend.to_string(),
+            kind,
+            device_id: None,
+            memory_free: 0,
+            memory_total: 0,
+        }
+    }
+
+    #[test]
+    fn all_reduce_needs_two_cuda_or_hip_gpus() {
+        assert_eq!(all_reduce_for(&[]), None);
+        assert_eq!(all_reduce_for(&[dev(0, "CUDA", DeviceKind::Gpu)]), None);
+        assert_eq!(all_reduce_for(&[dev(0, "CPU", DeviceKind::Cpu), dev(1, "CPU", DeviceKind::Cpu)]), None);
+        assert_eq!(all_reduce_for(&[dev(0, "Vulkan", DeviceKind::Gpu), dev(1, "Vulkan", DeviceKind::Gpu)]), None);
+        let two = [dev(0, "ROCm", DeviceKind::Gpu), dev(1, "ROCm", DeviceKind::Gpu)];
+        let kind = all_reduce_for(&two).expect("two ROCm GPUs all-reduce");
+        // No NCCL/RCCL in a CPU-only test process: the internal pipeline for
+        // 2 GPUs (unless GGML_CUDA_ALLREDUCE says otherwise).
+        if std::env::var_os("GGML_CUDA_ALLREDUCE").is_none() {
+            assert_eq!(kind, AllReduce::Internal);
+            let four: Vec<Device> = (0..4).map(|i| dev(i, "CUDA", DeviceKind::Gpu)).collect();
+            assert_eq!(all_reduce_for(&four), Some(AllReduce::Generic));
+        }
+        if std::env::var_os("LLAMA_RS_ALL_REDUCE_RESERVE_MIB").is_none() {
+            assert_eq!(all_reduce_reserve(AllReduce::Nccl), NCCL_RESERVE);
+            assert_eq!(all_reduce_reserve(AllReduce::Internal), INTERNAL_ALL_REDUCE_RESERVE);
+            assert_eq!(all_reduce_reserve(AllReduce::Generic), 0);
+        }
+    }
+
+    #[test]
+    fn per_device_sums_buffers_and_total_counts_everything() {
+        let b = |dev: &str, m, c, k| BufferMemory {
+            device: dev.into(),
+            buffer_type: dev.into(),
+            model: m,
+            context: c,
+            compute: k,
+        };
+        let sum = per_device(&[b("CUDA0", 10, 2, 1), b("CPU", 5, 0, 0), b("CUDA0", 1, 1, 1)]);
+        assert_eq!(sum.len(), 2);
+        assert_eq!((sum[0].device.as_str(), sum[0].model, sum[0].context, sum[0].compute), ("CUDA0", 11, 3, 2));
+        assert_eq!(sum[0].all_reduce, 0);
+        let with_reserve = DeviceMemory { all_reduce: 7, ..sum[0].clone() };
+        assert_eq!(with_reserve.total(), 11 + 3 + 2 + 7);
     }
 }
