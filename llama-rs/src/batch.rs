@@ -42,10 +42,17 @@ impl std::fmt::Debug for Batch {
 
 impl Batch {
     /// A batch for up to `capacity` tokens, each in at most `n_seq_max`
-    /// sequences at once (1 for plain single-sequence use).
+    /// sequences at once (1 for plain single-sequence use). `n_seq_max` is
+    /// clamped to llama.cpp's maximum number of sequences (256): no context
+    /// has more. The buffers (about `capacity * (21 + 4 * n_seq_max)` bytes)
+    /// are allocated here, as by `Vec::with_capacity`.
     pub fn new(capacity: usize, n_seq_max: usize) -> Batch {
         let capacity = capacity.clamp(1, i32::MAX as usize);
-        let n_seq_max = n_seq_max.max(1);
+        // SAFETY: pure query of a constant.
+        let max_seq = unsafe { sys::llama_max_parallel_sequences() }.max(1);
+        // An unclamped n_seq_max made `capacity * n_seq_max` overflow or ask
+        // for terabytes (found by fuzz/fuzz_targets/batch.rs).
+        let n_seq_max = n_seq_max.clamp(1, max_seq);
         Batch {
             tokens: vec![0; capacity],
             pos: vec![0; capacity],
@@ -121,9 +128,19 @@ impl Batch {
         if self.len + tokens.len() > self.capacity() {
             return Err(Error::BatchFull { capacity: self.capacity() });
         }
+        // The last position must fit in a Pos (an overflow panicked in debug
+        // builds and wrapped in release ones; found by fuzz/fuzz_targets/batch.rs).
+        if start_pos.checked_add(tokens.len().saturating_sub(1).try_into().unwrap_or(Pos::MAX)).is_none() {
+            return Err(Error::invalid(
+                "position",
+                format!("{start_pos} + {}", tokens.len() - 1),
+                "the positions of the sequence must fit in i32",
+            ));
+        }
         let base = self.len;
         for (i, &t) in tokens.iter().enumerate() {
             let last = i + 1 == tokens.len();
+            // Cannot overflow: checked above.
             if let Err(e) = self.add(t, start_pos + i as Pos, &[seq_id], logits_last && last) {
                 self.len = base;
                 return Err(e);

@@ -630,14 +630,38 @@ impl<'m> Context<'m> {
         Ok(unsafe { sys::llama_memory_seq_rm(self.memory(), seq.unwrap_or(-1), p0, p1) })
     }
 
-    /// Copies positions `range` of sequence `src` to sequence `dst`.
+    /// Copies positions `range` of sequence `src` to sequence `dst`. In a
+    /// context of several sequences each has its own KV stream, and llama.cpp
+    /// copies between streams only whole sequences: there the range must be
+    /// `..` (or start at 0 and be unbounded), else [`Error::Memory`].
     pub fn seq_cp(&mut self, src: SeqId, dst: SeqId, range: impl RangeBounds<Pos>) -> Result<()> {
         self.check_seq(src)?;
         self.check_seq(dst)?;
         let (p0, p1) = pos_range(range)?;
-        // SAFETY: both ids checked, positions valid.
+        // Each sequence has its own KV stream (llama-rs never sets kv_unified),
+        // and llama.cpp copies across streams only whole buffers: a partial
+        // range aborts (`llama-kv-cache.cpp:524`).
+        if src != dst && self.n_seq_max > 1 && (p0 > 0 || p1 >= 0) {
+            return Err(Error::Memory {
+                op: "seq_cp",
+                reason: format!(
+                    "sequences {src} and {dst} have separate KV streams: only whole sequences can be copied (use \
+                     `..`), not positions {p0}..{p1}"
+                ),
+            });
+        }
+        // SAFETY: both ids checked, positions valid; a copy across streams
+        // covers the whole range (checked above).
         unsafe { sys::llama_memory_seq_cp(self.memory(), src, dst, p0, p1) };
         Ok(())
+    }
+
+    /// The sequence ids an operation on `seq` covers (`None`: all of them).
+    fn seq_ids(&self, seq: Option<SeqId>) -> std::ops::Range<SeqId> {
+        match seq {
+            Some(s) => s..s + 1,
+            None => 0..self.n_seq_max as SeqId,
+        }
     }
 
     /// Removes every sequence but `seq`, whatever the KV layout (llama.cpp's
@@ -662,8 +686,12 @@ impl<'m> Context<'m> {
         }
         self.check_shift("seq_add")?;
         let (p0, p1) = pos_range(range)?;
-        // SAFETY: id checked, positions valid, the memory can shift.
-        unsafe { sys::llama_memory_seq_add(self.memory(), seq.unwrap_or(-1), p0, p1, delta) };
+        // llama.cpp's KV cache asserts on seq_id -1 here (`llama-kv-cache.cpp:594`,
+        // unlike seq_rm): `None` is every sequence, one call each.
+        for s in self.seq_ids(seq) {
+            // SAFETY: `s` in 0..n_seq_max, positions valid, the memory can shift.
+            unsafe { sys::llama_memory_seq_add(self.memory(), s, p0, p1, delta) };
+        }
         Ok(())
     }
 
@@ -677,8 +705,11 @@ impl<'m> Context<'m> {
         }
         self.check_shift("seq_div")?;
         let (p0, p1) = pos_range(range)?;
-        // SAFETY: id checked, d >= 1, the memory can shift.
-        unsafe { sys::llama_memory_seq_div(self.memory(), seq.unwrap_or(-1), p0, p1, d) };
+        // As for seq_add: no -1 here (`llama-kv-cache.cpp:644`).
+        for s in self.seq_ids(seq) {
+            // SAFETY: `s` in 0..n_seq_max, d >= 1, the memory can shift.
+            unsafe { sys::llama_memory_seq_div(self.memory(), s, p0, p1, d) };
+        }
         Ok(())
     }
 
