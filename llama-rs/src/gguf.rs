@@ -57,16 +57,22 @@ const ROPE_SCALING_TYPES: [&str; 4] = ["none", "linear", "yarn", "longrope"];
 pub(crate) const PLAIN_TRANSFORMERS: [&str; 8] =
     ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "starcoder2"];
 /// Architectures whose graph builder asserts `n_embd_head_v == n_embd_head_k
-/// == n_rot` (`src/models/<name>.cpp`, e.g. `qwen2.cpp:56-57`), listed where
-/// the builder's file name is the architecture's name.
+/// == n_rot` when a context is created (e.g. `src/models/qwen2.cpp:56-57`):
+/// every architecture name (`src/llama-arch.cpp`) whose model class
+/// (`src/llama-model.cpp`, `return new llama_model_<class>`) builds only graphs
+/// (`build_arch_graph`, following `using graph = ...` aliases, multi-token
+/// prediction graphs aside) whose constructor has that assert. Derived from the
+/// pinned tree by reading those three places, not from file names: builders
+/// shared under other names (`granite_swa`, `ernie4_5`, `seed_oss`, ...) are in.
 #[rustfmt::skip]
-const ROPE_EQUALS_HEAD: [&str; 53] = [
+const ROPE_EQUALS_HEAD: [&str; 65] = [
     "apertus", "arcee", "arctic", "baichuan", "chameleon", "codeshell", "cogvlm", "cohere2moe", "dbrx", "deci",
-    "deepseek", "dots1", "dream", "exaone-moe", "exaone", "exaone4", "falcon", "granite", "grok", "grovemoe",
-    "hunyuan-moe", "internlm2", "jais2", "llada-moe", "llada", "llama", "llama4", "maincoder", "mellum", "minimax-01",
-    "minimax-m2", "mistral3", "nemotron", "olmo", "olmo2", "olmoe", "orion", "paddleocr", "plamo", "pockettts",
-    "qwen2", "qwen2moe", "qwen2vl", "qwen3", "qwen3moe", "qwen3vl", "qwen3vlmoe", "rnd1", "smallthinker", "smollm3",
-    "starcoder2", "talkie", "xverse",
+    "deepseek", "dots1", "dream", "ernie4_5", "ernie4_5-moe", "exaone", "exaone-moe", "exaone4", "falcon", "granite",
+    "granite_swa", "granitemoe", "graniteswitch", "grok", "grovemoe", "hunyuan-dense", "hunyuan-moe", "hunyuan_vl",
+    "hy_v3", "internlm2", "jais2", "llada", "llada-moe", "llama", "llama-embed", "llama4", "maincoder", "mellum",
+    "minicpm", "minimax-01", "minimax-m2", "mistral3", "nemotron", "olmo", "olmo2", "olmoe", "orion", "paddleocr",
+    "pangu-embedded", "plamo", "pockettts", "qwen2", "qwen2moe", "qwen2vl", "qwen3", "qwen3moe", "qwen3vl",
+    "qwen3vlmoe", "rnd1", "seed_oss", "smallthinker", "smollm3", "starcoder2", "talkie", "xverse",
 ];
 /// `LLAMA_TOKEN_TYPE_BYTE` (`include/llama.h`).
 const TOKEN_TYPE_BYTE: i32 = 6;
