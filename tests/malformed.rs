@@ -8,10 +8,16 @@
 //!
 //! `MALFORMED_VERBOSE=1` prints each file before it is loaded (to find the
 //! one that killed the process, should that ever happen).
+//!
+//! `LLAMA_RS_TEST_SCALE` (e.g. 0.1, set by `scripts/sanitize valgrind`) thins
+//! the two bulk parts: truncations every 97/scale bytes of the metadata and
+//! 24*scale points through the tensor data, and 300*scale bit-flip files. The
+//! bad fields and patched counts, each a distinct case, are always all tried.
+//! Unset, the corpus is full size (733 files).
 
 mod common;
 
-use common::{temp_dir, tiny_path};
+use common::{scaled, temp_dir, test_scale, tiny_path};
 use llama_rs::synthetic::VocabKind;
 use llama_rs::{sys, Batch, ContextParams, Error, Model, ModelParams, Sampler, Token};
 use std::ffi::CString;
@@ -487,6 +493,9 @@ fn bad_fields(dir: &Path) -> Vec<(PathBuf, Expect)> {
 #[test]
 fn malformed_files_never_kill_the_process() {
     let started = std::time::Instant::now();
+    if test_scale() < 1.0 {
+        eprintln!("malformed: scaled down by LLAMA_RS_TEST_SCALE={}: fewer truncations and bit flips", test_scale());
+    }
     let dir = temp_dir("malformed");
     let good = tiny_path(VocabKind::Spm);
     let bytes = std::fs::read(&good).unwrap();
@@ -509,8 +518,10 @@ fn malformed_files_never_kill_the_process() {
 
     // Truncations: every 97 bytes through the metadata, 24 points through the
     // tensor data, and one byte short.
-    let mut cuts: Vec<usize> = (0..meta_end).step_by(97).collect();
-    cuts.extend((0..24).map(|k| meta_end + k * (bytes.len() - meta_end) / 24));
+    let step = (97.0 / test_scale()).round() as usize;
+    let data_points = scaled(24);
+    let mut cuts: Vec<usize> = (0..meta_end).step_by(step).collect();
+    cuts.extend((0..data_points).map(|k| meta_end + k * (bytes.len() - meta_end) / data_points));
     cuts.push(bytes.len() - 1);
     let before = tally.rejected;
     let path = dir.join("cut.gguf");
@@ -569,12 +580,13 @@ fn malformed_files_never_kill_the_process() {
     let huge_rejected = tally.rejected - before;
 
     // Random bit flips: 300 files, 1 to 8 flips each in the first 64 KiB.
+    let n_flip_files = scaled(300);
     let mut rng = Rng(0x5EED_0FF1_1235);
     let span = bytes.len().min(64 << 10);
     let path = dir.join("flip.gguf");
     let before = (tally.rejected, tally.loaded);
     let mut flipped_meta = 0;
-    for i in 0..300 {
+    for i in 0..n_flip_files {
         let mut b = bytes.clone();
         let n_flips = 1 + rng.below(8);
         let mut in_meta = false;
@@ -628,7 +640,7 @@ fn malformed_files_never_kill_the_process() {
     );
     eprintln!(
         "malformed: bad fields {n_fields} ({field_rejected} rejected, {must_reject} had to be); truncations {} \
-         (all rejected); patched counts {n_huge} ({huge_rejected} rejected); bit-flip files 300 ({flip_rejected} \
+         (all rejected); patched counts {n_huge} ({huge_rejected} rejected); bit-flip files {n_flip_files} ({flip_rejected} \
          rejected, {flip_loaded} loaded, {flipped_meta} with a flip in the metadata)",
         cuts.len()
     );

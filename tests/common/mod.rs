@@ -50,3 +50,27 @@ pub fn temp_dir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("create temp dir");
     dir
 }
+
+/// `LLAMA_RS_TEST_SCALE`: a factor in (0, 1] that heavy tests (`tests/soak.rs`,
+/// `tests/malformed.rs`) apply to their iteration counts, for slow runs such as
+/// `scripts/sanitize valgrind`. Unset (the normal suite): 1, full size.
+pub fn test_scale() -> f64 {
+    match std::env::var("LLAMA_RS_TEST_SCALE") {
+        Ok(v) if !v.is_empty() => {
+            let s: f64 = v.parse().unwrap_or_else(|_| panic!("LLAMA_RS_TEST_SCALE={v}: not a number"));
+            assert!(s > 0.0 && s <= 1.0, "LLAMA_RS_TEST_SCALE={v}: must be in (0, 1]");
+            s
+        }
+        _ => 1.0,
+    }
+}
+
+/// `n` scaled by [`test_scale`], at least 1.
+pub fn scaled(n: usize) -> usize {
+    ((n as f64 * test_scale()).round() as usize).max(1)
+}
+
+/// `LLAMA_RS_SANITIZER` (`asan` or `valgrind`), set by `scripts/sanitize`.
+pub fn sanitizer() -> Option<String> {
+    std::env::var("LLAMA_RS_SANITIZER").ok().filter(|s| !s.is_empty())
+}
