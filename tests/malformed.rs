@@ -479,13 +479,18 @@ fn bad_fields(dir: &Path) -> Vec<(PathBuf, Expect)> {
         cases.push((format!("arch_{arch}"), e().rename_arch(arch), Expect::Any));
     }
     // Found by this corpus: RoPE dimensions that llama.cpp checks for llama
-    // only; the qwen2 graph builder asserts them equal to the head size.
-    for (name, dims) in [("rope_dims_big", 4096), ("rope_dims_odd", 15), ("rope_dims_0", 0)] {
-        cases.push((
-            format!("qwen2_{name}"),
-            e().rename_arch("qwen2").u32("qwen2.rope.dimension_count", dims),
-            Expect::Reject,
-        ));
+    // only; the qwen2 graph builder asserts them equal to the head size, and
+    // so do builders shared under other architecture names (seed_oss,
+    // ernie4_5, granite_swa: scripts/rope-archs).
+    for arch in ["qwen2", "seed_oss", "ernie4_5", "granite_swa"] {
+        for (name, dims) in [("rope_dims_big", 4096), ("rope_dims_odd", 15), ("rope_dims_0", 0), ("rope_dims_half", 8)]
+        {
+            cases.push((
+                format!("{arch}_{name}"),
+                e().rename_arch(arch).u32(&format!("{arch}.rope.dimension_count"), dims),
+                Expect::Reject,
+            ));
+        }
     }
     cases.into_iter().map(|(name, edit, expect)| (edit.write(&dir.join(format!("{name}.gguf"))), expect)).collect()
 }

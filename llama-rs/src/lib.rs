@@ -37,8 +37,8 @@ pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
 pub use memory::{
-    all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit, FitParams,
-    INTERNAL_ALL_REDUCE_RESERVE, NCCL_RESERVE,
+    all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
+    FitParams, INTERNAL_ALL_REDUCE_RESERVE, NCCL_RESERVE,
 };
 pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
 pub use modules::{backend_modules, load_backend_dir, load_backend_module, pin_stamp, BackendModule};
