@@ -84,10 +84,12 @@ fn partial_seq_cp_across_streams_is_error() {
     one.seq_cp(0, 0, 2..4).unwrap();
 }
 
-/// fuzz batch, oom-a597ab4d: `NewBatch { capacity: 6960, n_seq_max: 3803786 }`.
-/// `Batch::new` allocated `capacity * n_seq_max` sequence ids (12 GB here;
-/// a larger product overflowed: a panic in debug builds, a wrapped size in
-/// release ones). n_seq_max is now clamped to llama.cpp's maximum (256).
+/// fuzz batch, oom-a597ab4d: `NewBatch { capacity: 6960, n_seq_max: 3803786 }`
+/// (the target bounds the capacity to 810: a 12 GB allocation). `Batch::new`
+/// allocated `capacity * n_seq_max` sequence ids (105 GB here: the test
+/// process aborted; a larger product overflowed: a panic in debug builds, a
+/// wrapped size in release ones). n_seq_max is now clamped to llama.cpp's
+/// maximum (256).
 #[test]
 fn batch_n_seq_max_is_clamped() {
     let b = Batch::new(6960, 3_803_786);

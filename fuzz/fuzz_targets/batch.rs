@@ -149,6 +149,7 @@ fn make_sampler(chain: u8, seed: u32) -> Option<Sampler<'static>> {
 
 fuzz_target!(
     init: {
+        llama_rs_fuzz::init();
         let _ = tiny_spm();
     },
     |input: Input| {

@@ -54,6 +54,7 @@ fn has_nul(s: &str) -> bool {
 
 fuzz_target!(
     init: {
+        llama_rs_fuzz::init();
         let _ = (tiny_spm(), tiny_bpe(), builtins());
     },
     |input: Input| {

@@ -71,6 +71,7 @@ fn exercise_model(model: &Model) {
 
 fuzz_target!(
     init: {
+        llama_rs_fuzz::init();
         if let Some(dir) = std::env::var_os("LLAMA_RS_FUZZ_SEED_DIR").filter(|d| !d.is_empty()) {
             let files = write_model_seeds(std::path::Path::new(&dir)).expect("write the seed corpus");
             eprintln!("load_model: {} seed models in {}", files.len(), PathBuf::from(dir).display());

@@ -17,6 +17,7 @@ fn in_range(vocab: &Vocab<'_>, t: Token) -> bool {
 
 fuzz_target!(
     init: {
+        llama_rs_fuzz::init();
         let _ = (tiny_spm(), tiny_bpe());
     },
     |data: &[u8]| {

@@ -102,3 +102,18 @@ pub fn scratch_file(name: &str) -> PathBuf {
     let dir = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
     dir.join(format!("llama-rs-fuzz-{name}-{}.gguf", std::process::id()))
 }
+
+/// Start-up common to every target: with `--cpp-coverage` (scripts/fuzz),
+/// pulls in the coverage callbacks of the instrumented llama.cpp
+/// (fuzz/cpp-coverage/trace_pc.c) and says so on stderr.
+pub fn init() {
+    #[cfg(cpp_coverage)]
+    {
+        extern "C" {
+            static llama_rs_fuzz_cpp_edges: [u8; 1 << 16];
+        }
+        // Taking the address links the C object in; it is never read here.
+        let edges = std::ptr::addr_of!(llama_rs_fuzz_cpp_edges);
+        eprintln!("llama-rs-fuzz: llama.cpp edge coverage on ({} counters at {:p})", (1 << 16), edges);
+    }
+}
