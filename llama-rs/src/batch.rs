@@ -48,11 +48,9 @@ impl Batch {
     /// are allocated here, as by `Vec::with_capacity`.
     pub fn new(capacity: usize, n_seq_max: usize) -> Batch {
         let capacity = capacity.clamp(1, i32::MAX as usize);
-        // SAFETY: pure query of a constant.
-        let max_seq = unsafe { sys::llama_max_parallel_sequences() }.max(1);
         // An unclamped n_seq_max made `capacity * n_seq_max` overflow or ask
         // for terabytes (found by fuzz/fuzz_targets/batch.rs).
-        let n_seq_max = n_seq_max.clamp(1, max_seq);
+        let n_seq_max = n_seq_max.clamp(1, crate::ffi::max_sequences().max(1));
         Batch {
             tokens: vec![0; capacity],
             pos: vec![0; capacity],

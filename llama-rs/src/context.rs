@@ -230,8 +230,7 @@ impl ContextParams {
         if let Some(n) = self.n_ctx {
             nonzero("n_ctx", n)?;
         }
-        // SAFETY: pure query.
-        let max_seq = unsafe { sys::llama_max_parallel_sequences() };
+        let max_seq = crate::ffi::max_sequences();
         if self.n_seq_max as usize > max_seq {
             return Err(Error::invalid("n_seq_max", self.n_seq_max, format!("llama.cpp supports at most {max_seq}")));
         }

@@ -68,3 +68,9 @@ pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         "panic with a non-string payload".to_string()
     }
 }
+
+/// llama.cpp's maximum number of sequences in one context (`LLAMA_MAX_SEQ`).
+pub(crate) fn max_sequences() -> usize {
+    // SAFETY: pure query of a compile-time constant; no state touched.
+    unsafe { sys::llama_max_parallel_sequences() }
+}
