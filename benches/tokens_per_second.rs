@@ -228,7 +228,7 @@ struct Safe {
 
 impl Safe {
     fn new(ctx: &Context<'_>) -> Safe {
-        Safe { batch: Batch::new(ctx.n_batch() as usize, 1) }
+        Safe { batch: Batch::new(ctx.n_batch() as usize, 1).expect("batch") }
     }
 
     /// `tokens` in n_batch chunks from `pos`; returns the last token's largest logit.

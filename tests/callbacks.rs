@@ -50,12 +50,12 @@ fn a_panicking_log_subscriber_does_not_unwind_into_llama_cpp() {
     let result = (|| {
         let m = Model::load(tiny_path(VocabKind::Spm))?;
         let mut c = m.new_context(ContextParams::default().n_ctx(256).n_batch(256).threads(1))?;
-        let mut b = llama_rs::Batch::new(1, 1);
+        let mut b = llama_rs::Batch::new(1, 1).unwrap();
         b.add(Token(1), 0, &[0], true)?;
         c.decode(&mut b)?;
         // A failing decode (context full), whose message comes from the
         // error line llama.cpp logs: the panicking subscriber sees it first.
-        let mut b = llama_rs::Batch::new(256, 1);
+        let mut b = llama_rs::Batch::new(256, 1).unwrap();
         for i in 0..256 {
             b.add(Token(3), 1 + i, &[0], false)?;
         }

@@ -25,7 +25,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Decodes `tokens` in one batch (all rows output), returns the logits of every row.
 fn decode_all(c: &mut Context, tokens: &[Token], start: i32) -> Vec<Vec<f32>> {
-    let mut b = Batch::new(tokens.len(), 1);
+    let mut b = Batch::new(tokens.len(), 1).unwrap();
     for (i, &t) in tokens.iter().enumerate() {
         b.add(t, start + i as i32, &[0], true).unwrap();
     }
@@ -103,7 +103,7 @@ fn seq_rm_then_redecode_equals_fresh_decode() {
 fn two_sequences_and_seq_cp() {
     let tokens = prompt();
     let mut c = tiny().new_context(ContextParams::default().n_ctx(256).n_batch(128).n_seq_max(2).threads(2)).unwrap();
-    let mut b = Batch::new(2 * tokens.len(), 2);
+    let mut b = Batch::new(2 * tokens.len(), 2).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     b.add_sequence(&tokens, 0, 1, true).unwrap();
     c.decode(&mut b).unwrap();
@@ -134,23 +134,23 @@ fn decode_crash_paths_are_errors() {
     let mut c = ctx(256);
     let n_vocab = tiny().vocab().n_tokens();
     // More tokens than n_batch (llama.cpp aborts).
-    let mut big = Batch::new(65, 1);
+    let mut big = Batch::new(65, 1).unwrap();
     for i in 0..65 {
         big.add(Token(1), i, &[0], false).unwrap();
     }
     assert!(matches!(c.decode(&mut big), Err(Error::BatchInvalid { n_tokens: 65, .. })));
     // Token outside the vocabulary.
-    let mut b = Batch::new(4, 1);
+    let mut b = Batch::new(4, 1).unwrap();
     b.add(Token(n_vocab), 0, &[0], true).unwrap();
     assert!(
         matches!(c.decode(&mut b), Err(Error::InvalidToken { token, n_vocab: n }) if token == n_vocab && n == n_vocab)
     );
     // Sequence id >= n_seq_max (llama.cpp writes out of bounds).
-    let mut b = Batch::new(4, 2);
+    let mut b = Batch::new(4, 2).unwrap();
     b.add(Token(1), 0, &[1], true).unwrap();
     assert!(matches!(c.decode(&mut b), Err(Error::InvalidSeqId { seq_id: 1, n_seq_max: 1 })));
     // Empty batch.
-    let mut b = Batch::new(4, 1);
+    let mut b = Batch::new(4, 1).unwrap();
     assert!(matches!(c.decode(&mut b), Err(Error::BatchInvalid { n_tokens: 0, .. })));
     // Batch-level checks: no sequence (n_seq_id = 0 segfaults), negative ids, overflow.
     assert!(b.add(Token(1), 0, &[], true).is_err());
@@ -171,7 +171,7 @@ fn logits_of_non_output_rows_are_errors() {
     let mut c = ctx(256);
     assert!(matches!(c.logits(0), Err(Error::NoLogits { .. })), "before any decode");
     let tokens = prompt();
-    let mut b = Batch::new(tokens.len(), 1);
+    let mut b = Batch::new(tokens.len(), 1).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     c.decode(&mut b).unwrap();
     let last = tokens.len() as i32 - 1;
@@ -206,7 +206,7 @@ fn a_full_context_is_an_error_not_a_crash() {
     let mut pos = 0;
     let mut failed = None;
     for _ in 0..10 {
-        let mut b = Batch::new(64, 1);
+        let mut b = Batch::new(64, 1).unwrap();
         for _ in 0..64 {
             b.add(Token(3), pos, &[0], false).unwrap();
             pos += 1;

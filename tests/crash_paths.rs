@@ -28,7 +28,7 @@ fn more_sequences_than_batch_rows_is_error() {
     }
     // At the limit it works, and every sequence decodes.
     let mut c = m.new_context(ContextParams::default().n_ctx(256).n_batch(4).n_seq_max(4).threads(1)).unwrap();
-    let mut b = Batch::new(4, 1);
+    let mut b = Batch::new(4, 1).unwrap();
     for s in 0..4 {
         b.add(Token(5), 0, &[s], true).unwrap();
     }
@@ -44,7 +44,7 @@ fn non_causal_batch_larger_than_ubatch_is_error() {
     let p = ModelParams::default().kv_override("llama.attention.causal", KvOverride::Bool(false));
     let m = Model::load_with(tiny_path(VocabKind::Spm), p).unwrap();
     let mut c = m.new_context(ContextParams::default().n_ctx(256).n_batch(64).n_ubatch(16).threads(1)).unwrap();
-    let mut b = Batch::new(32, 1);
+    let mut b = Batch::new(32, 1).unwrap();
     for i in 0..32 {
         b.add(Token(5), i, &[0], i == 31).unwrap();
     }
@@ -53,7 +53,7 @@ fn non_causal_batch_larger_than_ubatch_is_error() {
         other => panic!("expected BatchInvalid, got {other:?}"),
     }
     // A batch that fits in one ubatch decodes.
-    let mut b = Batch::new(16, 1);
+    let mut b = Batch::new(16, 1).unwrap();
     for i in 0..16 {
         b.add(Token(5), i, &[0], i == 15).unwrap();
     }

@@ -14,7 +14,7 @@ fn ctx(n_seq_max: u32) -> Context<'static> {
 
 /// Decodes tokens 10..10+n at positions 0..n in each of `seqs`.
 fn fill(c: &mut Context, seqs: &[i32], n: i32) {
-    let mut batch = Batch::new(32, 1);
+    let mut batch = Batch::new(32, 1).unwrap();
     for &s in seqs {
         batch.clear();
         for p in 0..n {
@@ -92,15 +92,15 @@ fn partial_seq_cp_across_streams_is_error() {
 /// maximum (256).
 #[test]
 fn batch_n_seq_max_is_clamped() {
-    let b = Batch::new(6960, 3_803_786);
+    let b = Batch::new(6960, 3_803_786).unwrap();
     // SAFETY: pure query of a constant.
     let max = unsafe { llama_rs::sys::llama_max_parallel_sequences() };
     assert_eq!(b.n_seq_max(), max);
     for n_seq_max in [usize::MAX, 1 << 40, (1 << 63) + 1] {
-        assert_eq!(Batch::new(2, n_seq_max).n_seq_max(), max);
+        assert_eq!(Batch::new(2, n_seq_max).unwrap().n_seq_max(), max);
     }
-    assert_eq!(Batch::new(2, 0).n_seq_max(), 1);
-    assert_eq!(Batch::new(2, 3).n_seq_max(), 3);
+    assert_eq!(Batch::new(2, 0).unwrap().n_seq_max(), 1);
+    assert_eq!(Batch::new(2, 3).unwrap().n_seq_max(), 3);
 }
 
 /// fuzz batch, crash-1d983e5d: `AddSequence { tokens: [2 tokens], start_pos:
@@ -108,14 +108,15 @@ fn batch_n_seq_max_is_clamped() {
 /// Now `InvalidParam` before any token is added.
 #[test]
 fn add_sequence_position_overflow_is_error() {
-    let mut b = Batch::new(8, 1);
+    let mut b = Batch::new(8, 1).unwrap();
     match b.add_sequence(&[Token(1), Token(2)], i32::MAX, 0, true) {
         Err(Error::InvalidParam { name: "position", .. }) => {}
         other => panic!("add_sequence at i32::MAX: {other:?}"),
     }
     assert!(b.is_empty());
-    // The last position may be i32::MAX itself.
-    b.add_sequence(&[Token(1), Token(2)], i32::MAX - 1, 0, true).unwrap();
+    // The last position may be MAX_POS itself (positions are bounded by
+    // llama_rs::MAX_POS since; tests/reliability.rs checks the bound).
+    b.add_sequence(&[Token(1), Token(2)], llama_rs::MAX_POS - 1, 0, true).unwrap();
     assert_eq!(b.len(), 2);
     b.add_sequence(&[], i32::MAX, 0, true).unwrap();
 }

@@ -48,7 +48,7 @@ fn prompt(m: &Model) -> Vec<Token> {
 fn last_logits(m: &Model, fa: FlashAttention) -> Vec<f32> {
     let tokens = prompt(m);
     let mut c = m.new_context(ContextParams::default().n_ctx(512).flash_attention(fa)).unwrap();
-    let mut b = Batch::new(tokens.len(), 1);
+    let mut b = Batch::new(tokens.len(), 1).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     c.decode(&mut b).unwrap();
     c.logits(tokens.len() as i32 - 1).unwrap().to_vec()
@@ -71,7 +71,7 @@ fn kv_ops_work(m: &Model) {
     let tokens = prompt(m);
     let keep = 3;
     let mut c = m.new_context(ContextParams::default().n_ctx(512)).unwrap();
-    let mut b = Batch::new(tokens.len(), 1);
+    let mut b = Batch::new(tokens.len(), 1).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     c.decode(&mut b).unwrap();
     let fresh = c.logits(tokens.len() as i32 - 1).unwrap().to_vec();

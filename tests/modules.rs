@@ -7,7 +7,9 @@ use llama_rs::Error;
 #[cfg(not(feature = "dynamic-backends"))]
 #[test]
 fn static_builds_refuse_modules() {
-    match llama_rs::load_backend_module("/nonexistent/libggml-cuda.so") {
+    // SAFETY: nothing else in this test binary uses llama-rs concurrently (one
+    // test); the file does not exist.
+    match unsafe { llama_rs::load_backend_module("/nonexistent/libggml-cuda.so") } {
         Err(Error::BackendModule { reason, .. }) => assert!(reason.contains("dynamic-backends"), "{reason}"),
         other => panic!("expected a BackendModule error, got {other:?}"),
     }
@@ -46,13 +48,19 @@ mod dynamic {
 
         // No stamp at all.
         let _ = std::fs::remove_file(&stamp);
-        match llama_rs::load_backend_module(&copy) {
+        // SAFETY: each attempt below is refused before ggml_backend_load (no
+        // stamp, wrong stamp, already loaded), so the registry the other
+        // test reads is never changed.
+        match unsafe { llama_rs::load_backend_module(&copy) } {
             Err(Error::BackendModule { reason, .. }) => assert!(reason.contains("no pin stamp"), "{reason}"),
             other => panic!("{other:?}"),
         }
         // A stamp from another llama.cpp version.
         std::fs::write(&stamp, "llama.cpp 0123456789ab\n").unwrap();
-        match llama_rs::load_backend_module(&copy) {
+        // SAFETY: each attempt below is refused before ggml_backend_load (no
+        // stamp, wrong stamp, already loaded), so the registry the other
+        // test reads is never changed.
+        match unsafe { llama_rs::load_backend_module(&copy) } {
             Err(Error::BackendModule { reason, .. }) => {
                 assert!(reason.contains("0123456789ab") && reason.contains(llama_rs::sys::LLAMA_CPP_COMMIT), "{reason}")
             }
@@ -60,7 +68,10 @@ mod dynamic {
         }
         // The right stamp, but that backend is already loaded.
         std::fs::write(&stamp, format!("{}\n", llama_rs::pin_stamp())).unwrap();
-        match llama_rs::load_backend_module(&copy) {
+        // SAFETY: each attempt below is refused before ggml_backend_load (no
+        // stamp, wrong stamp, already loaded), so the registry the other
+        // test reads is never changed.
+        match unsafe { llama_rs::load_backend_module(&copy) } {
             Err(Error::BackendModule { reason, .. }) => assert!(reason.contains("already loaded"), "{reason}"),
             other => panic!("{other:?}"),
         }

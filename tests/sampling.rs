@@ -13,7 +13,7 @@ fn ctx(model: &'static Model) -> Context<'static> {
 /// Decodes a short prompt with logits on the last row; returns that row.
 fn decode_prompt(c: &mut Context) -> i32 {
     let tokens = c.vocab().tokenize("the quick brown fox", true, false).unwrap();
-    let mut b = Batch::new(tokens.len(), 1);
+    let mut b = Batch::new(tokens.len(), 1).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     c.decode(&mut b).unwrap();
     tokens.len() as i32 - 1
@@ -28,7 +28,7 @@ fn run(model: &'static Model, sampler: &mut Sampler, n: usize) -> Vec<Token> {
     for pos in start..start + n as i32 {
         let t = sampler.sample(&c, row).unwrap();
         out.push(t);
-        let mut b = Batch::new(1, 1);
+        let mut b = Batch::new(1, 1).unwrap();
         b.add(t, pos, &[0], true).unwrap();
         c.decode(&mut b).unwrap();
         row = 0;

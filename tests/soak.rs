@@ -86,7 +86,7 @@ fn soak_generate_and_context_cycles() {
             before = rss();
         }
         let mut c = model.new_context(ContextParams::default().n_ctx(256).n_batch(32).threads(1)).unwrap();
-        let mut b = llama_rs::Batch::new(1, 1);
+        let mut b = llama_rs::Batch::new(1, 1).unwrap();
         b.add(llama_rs::Token(1), 0, &[0], true).unwrap();
         c.decode(&mut b).unwrap();
     }

@@ -156,11 +156,15 @@ fuzz_target!(
         let Some(ctx) = context(input.config as usize % CONFIGS.len()) else { return };
         let mut ctx = ctx.lock().unwrap_or_else(|e| e.into_inner());
         ctx.clear_kv(false);
-        let mut batch = Batch::new(16, 1);
+        let mut batch = Batch::new(16, 1).unwrap();
         let mut sampler = make_sampler(0, 0);
         for op in input.ops.into_iter().take(64) {
             match op {
-                Op::NewBatch { capacity, n_seq_max } => batch = Batch::new(usize::from(capacity % 1025), n_seq_max),
+                Op::NewBatch { capacity, n_seq_max } => {
+                    if let Ok(b) = Batch::new(usize::from(capacity % 1025), n_seq_max) {
+                        batch = b;
+                    }
+                }
                 Op::Add { token, pos, seq_ids, logits } => {
                     let _ = batch.add(token.token(), pos, &seq_ids, logits);
                 }

@@ -55,7 +55,7 @@ fn exercise_model(model: &Model) {
         }
         tokens.push(Token(0));
     }
-    let mut batch = Batch::new(16, 1);
+    let mut batch = Batch::new(16, 1).unwrap();
     if batch.add_sequence(&tokens, 0, 0, true).is_err() || ctx.decode(&mut batch).is_err() {
         return;
     }

@@ -4,6 +4,8 @@
 //!
 //! The fixture folder is `LLAMA_RS_FUZZ_FIXTURES`, else `fuzz/target/fixtures`.
 
+pub mod metadata;
+
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
 use llama_rs::{ContextParams, Model, ModelParams};
 use std::path::{Path, PathBuf};
@@ -116,4 +118,12 @@ pub fn init() {
         let edges = std::ptr::addr_of!(llama_rs_fuzz_cpp_edges);
         eprintln!("llama-rs-fuzz: llama.cpp edge coverage on ({} counters at {:p})", (1 << 16), edges);
     }
+}
+
+/// The real model of the tests (SmolLM2-135M-Instruct Q4_1) in the cache
+/// `scripts/fetch-model` fills; panics with the command to run if missing.
+pub fn real_model_path() -> PathBuf {
+    let path = llama_rs_suite::real_model_cache_path();
+    assert!(path.is_file(), "{} is missing: run scripts/fetch-model", path.display());
+    path
 }

@@ -12,24 +12,43 @@ static INIT: Once = Once::new();
 /// logger) that the C library does not lock itself.
 pub(crate) static GLOBAL: Mutex<()> = Mutex::new(());
 
-/// Initialises llama.cpp once per process: logs to `tracing`, no gdb
-/// backtrace on abort, backends registered. Every constructor calls it; users
-/// may call it early to see llama.cpp's start-up logs.
+/// Initialises llama.cpp once per process: logs to `tracing`, abort
+/// messages to `tracing` (instead of ggml's gdb backtrace), backends
+/// registered. Every constructor calls it; users may call it early to see
+/// llama.cpp's start-up logs. It changes no environment variable.
 pub fn init() {
     INIT.call_once(|| {
-        // ggml forks gdb to print a backtrace on abort unless told not to.
-        if std::env::var_os("GGML_NO_BACKTRACE").is_none() {
-            // Set once, before llama-rs starts any llama.cpp thread; ggml
-            // only reads it when aborting.
-            std::env::set_var("GGML_NO_BACKTRACE", "1");
-        }
         let _guard = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: `abort_callback` matches ggml_abort_callback_t and never
+        // unwinds. With a callback set, ggml_abort calls it instead of
+        // printing a backtrace (which may fork gdb), then aborts
+        // (`ggml/src/ggml.c:264`). The old `set_var("GGML_NO_BACKTRACE")`
+        // raced with other threads' getenv.
+        unsafe { sys::ggml_set_abort_callback(Some(abort_callback)) };
         // SAFETY: `log_callback` matches ggml_log_callback, never unwinds, and
         // needs no user data; llama_log_set also installs it for ggml.
         unsafe { sys::llama_log_set(Some(log_callback), std::ptr::null_mut()) };
         // SAFETY: plain initialisation call, made once under the global lock.
         unsafe { sys::llama_backend_init() };
         crate::modules::load_at_init();
+    });
+}
+
+/// Called by ggml just before it aborts the process (a failed GGML_ASSERT
+/// that no check of llama-rs caught: a bug to report). The message goes to
+/// `tracing` (target `llama_cpp`, level error) and, since the process is
+/// about to end and a subscriber may never flush, also to stderr.
+extern "C" fn abort_callback(message: *const c_char) {
+    let _ = std::panic::catch_unwind(|| {
+        let text = if message.is_null() {
+            "(no message)".into()
+        } else {
+            // SAFETY: non-null; ggml passes its NUL-terminated message buffer,
+            // valid for the call.
+            unsafe { CStr::from_ptr(message) }.to_string_lossy()
+        };
+        tracing::error!(target: "llama_cpp", "ggml abort: {text}");
+        eprintln!("llama.cpp aborted the process: {text}");
     });
 }
 

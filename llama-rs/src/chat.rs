@@ -3,7 +3,7 @@
 //! llama.cpp's heuristics).
 
 use crate::error::{Error, Result};
-use crate::ffi::{check_shim, cstring, string_from_ptr};
+use crate::ffi::{check_shim, cstring, string_from_ptr, try_resize};
 use crate::model::Model;
 use llama_sys as sys;
 use std::ffi::CString;
@@ -64,7 +64,8 @@ pub fn apply_chat_template(template: Option<&str>, messages: &[ChatMessage], add
     let chat: Vec<sys::llama_chat_message> =
         owned.iter().map(|(r, c)| sys::llama_chat_message { role: r.as_ptr(), content: c.as_ptr() }).collect();
     let total: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
-    let mut buf = vec![0u8; (2 * total + 256).min(i32::MAX as usize)];
+    let mut buf = Vec::new();
+    try_resize(&mut buf, total.saturating_mul(2).saturating_add(256).min(i32::MAX as usize), 0, "chat buffer")?;
     for _ in 0..2 {
         let mut n = 0i32;
         // SAFETY: the template is NULL or NUL-terminated; `chat` holds
@@ -102,7 +103,7 @@ pub fn apply_chat_template(template: Option<&str>, messages: &[ChatMessage], add
         if n > i32::MAX as usize - 1 {
             break;
         }
-        buf.resize(n + 1, 0);
+        try_resize(&mut buf, n + 1, 0, "chat buffer")?;
     }
     Err(Error::ChatTemplate { message: "the formatted chat does not fit in i32::MAX bytes".into() })
 }

@@ -1,9 +1,9 @@
 //! A context: the KV cache and compute state for decoding with a [`Model`].
 
 use crate::backend::{clear_log_error, log_error_or};
-use crate::batch::{Batch, Pos, SeqId};
+use crate::batch::{Batch, Pos, SeqId, MAX_POS};
 use crate::error::{Error, Result};
-use crate::ffi::check_shim;
+use crate::ffi::{check_shim, try_with_capacity};
 use crate::model::{Model, SplitMode};
 use crate::vocab::Vocab;
 use llama_sys as sys;
@@ -389,7 +389,7 @@ impl Model {
             n_seq_max,
             n_vocab: self.vocab().n_tokens(),
             embeddings: params.embeddings,
-            outputs: Vec::with_capacity(n_batch as usize),
+            outputs: try_with_capacity(n_batch as usize, "the context's output flags", n_batch as usize)?,
         })
     }
 }
@@ -405,10 +405,13 @@ fn pos_range(r: impl RangeBounds<Pos>) -> Result<(Pos, Pos)> {
         Bound::Excluded(&p) => p,
         Bound::Included(&p) => p.saturating_add(1),
     };
-    if (p0 < 0 && !matches!(r.start_bound(), Bound::Unbounded))
-        || (p1 < 0 && !matches!(r.end_bound(), Bound::Unbounded))
-    {
-        return Err(Error::invalid("position range", format!("{p0}..{p1}"), "positions are >= 0"));
+    let bad = |p: Pos, b: Bound<&Pos>| !matches!(b, Bound::Unbounded) && !(0..=MAX_POS + 1).contains(&p);
+    if bad(p0, r.start_bound()) || bad(p1, r.end_bound()) {
+        return Err(Error::invalid(
+            "position range",
+            format!("{p0}..{p1}"),
+            format!("positions are in 0..={MAX_POS} (MAX_POS)"),
+        ));
     }
     Ok((p0, p1))
 }
@@ -502,10 +505,8 @@ impl<'m> Context<'m> {
                 return Err(Error::InvalidToken { token: t.0, n_vocab: self.n_vocab });
             }
         }
-        for i in 0..n {
-            for &s in batch.seq_ids_of(i) {
-                self.check_seq(s)?;
-            }
+        for &s in batch.all_seq_ids() {
+            self.check_seq(s)?;
         }
         Ok(())
     }
@@ -531,7 +532,13 @@ impl<'m> Context<'m> {
         check_shim("llama_decode", status)?;
         match ret {
             0 => {
-                self.outputs.extend_from_slice(batch.output_flags());
+                if self.embeddings {
+                    // An embeddings context outputs every row, marked or not
+                    // (`llama-context.cpp:1737`, `llama-batch.cpp:193`).
+                    self.outputs.resize(batch.len(), 1);
+                } else {
+                    self.outputs.extend_from_slice(batch.output_flags());
+                }
                 Ok(())
             }
             1 => Err(Error::Decode {
@@ -581,7 +588,8 @@ impl<'m> Context<'m> {
         Ok(unsafe { std::slice::from_raw_parts(ptr, self.n_vocab as usize) })
     }
 
-    /// Embeddings of row `i` (contexts created with `embeddings(true)`).
+    /// Embeddings of row `i` (contexts created with `embeddings(true)`, where
+    /// every row of a batch is an output): [`Model::n_embd_out`] floats.
     pub fn embeddings(&self, i: i32) -> Result<&[f32]> {
         if !self.embeddings {
             return Err(Error::NoLogits { index: i, reason: "the context was created without embeddings".into() });
@@ -592,8 +600,10 @@ impl<'m> Context<'m> {
         if ptr.is_null() {
             return Err(Error::NoLogits { index: i, reason: log_error_or("llama.cpp has no embeddings for it") });
         }
-        // SAFETY: n_embd floats owned by the context, valid until the next decode.
-        Ok(unsafe { std::slice::from_raw_parts(ptr, self.model.n_embd() as usize) })
+        // SAFETY: llama.cpp lays out the rows every n_embd_out floats
+        // (`llama-context.cpp:987`); the validator bounds n_embd_out by what
+        // the graph writes. Owned by the context, valid until the next decode.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, self.model.n_embd_out() as usize) })
     }
 
     fn memory(&self) -> sys::llama_memory_t {
@@ -679,12 +689,30 @@ impl<'m> Context<'m> {
     }
 
     /// Adds `delta` to the positions `range` of sequence `seq` (`None`: all).
+    /// Cells whose position becomes negative are removed (llama.cpp's rule);
+    /// a shift that would take a position above [`MAX_POS`] is refused.
     pub fn seq_add(&mut self, seq: Option<SeqId>, range: impl RangeBounds<Pos>, delta: Pos) -> Result<()> {
         if let Some(s) = seq {
             self.check_seq(s)?;
         }
         self.check_shift("seq_add")?;
         let (p0, p1) = pos_range(range)?;
+        if !(-MAX_POS..=MAX_POS).contains(&delta) {
+            return Err(Error::invalid("position delta", delta, format!("must be in -{MAX_POS}..={MAX_POS}")));
+        }
+        if delta > 0 {
+            for s in self.seq_ids(seq) {
+                // SAFETY: `s` in 0..n_seq_max.
+                let max = unsafe { sys::llama_memory_seq_pos_max(self.memory(), s) };
+                if max >= 0 && max + delta > MAX_POS {
+                    return Err(Error::invalid(
+                        "position delta",
+                        delta,
+                        format!("sequence {s} holds position {max}: the result must stay <= {MAX_POS} (MAX_POS)"),
+                    ));
+                }
+            }
+        }
         // llama.cpp's KV cache asserts on seq_id -1 here (`llama-kv-cache.cpp:594`,
         // unlike seq_rm): `None` is every sequence, one call each.
         for s in self.seq_ids(seq) {

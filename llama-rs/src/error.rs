@@ -102,6 +102,11 @@ pub enum Error {
     #[error("backend module {path}: {reason}")]
     BackendModule { path: PathBuf, reason: String },
 
+    /// A buffer sized by a caller's value (batch, tokens, text, candidates)
+    /// could not be allocated.
+    #[error("cannot allocate {bytes} bytes for {what}: ask for less")]
+    OutOfMemory { what: &'static str, bytes: usize },
+
     /// Writing or reading a file failed.
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

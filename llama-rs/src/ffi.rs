@@ -74,3 +74,72 @@ pub(crate) fn max_sequences() -> usize {
     // SAFETY: pure query of a compile-time constant; no state touched.
     unsafe { sys::llama_max_parallel_sequences() }
 }
+
+/// An empty vector with room for `n` elements, or [`Error::OutOfMemory`]
+/// naming `what` and the `bytes` asked for: buffers sized by a caller's value
+/// must not abort the process when the allocation fails.
+pub(crate) fn try_with_capacity<T>(n: usize, what: &'static str, bytes: usize) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory { what, bytes })?;
+    Ok(v)
+}
+
+/// `v.resize(len, value)`, with a failed allocation as [`Error::OutOfMemory`].
+pub(crate) fn try_resize<T: Clone>(v: &mut Vec<T>, len: usize, value: T, what: &'static str) -> Result<()> {
+    if len > v.len() {
+        v.try_reserve(len - v.len())
+            .map_err(|_| Error::OutOfMemory { what, bytes: len.saturating_mul(std::mem::size_of::<T>()) })?;
+    }
+    v.resize(len, value);
+    Ok(())
+}
+
+/// What a llama.cpp length return (`n >= 0`: written; `n < 0`: `-n` needed)
+/// means for a buffer of `room` elements.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// `n` elements were written.
+    Fits(usize),
+    /// The buffer must grow to this many elements.
+    Grow(usize),
+    /// Not a usable answer: `i32::MIN` (whose negation overflows) or a
+    /// "needed" size that is not larger than the buffer given.
+    Broken,
+}
+
+/// Reads a length return `n` for a buffer of `room` elements.
+pub(crate) fn written(n: i32, room: usize) -> Written {
+    match n {
+        0.. => Written::Fits(n as usize),
+        i32::MIN => Written::Broken,
+        _ if (n.unsigned_abs() as usize) <= room => Written::Broken,
+        _ => Written::Grow(n.unsigned_abs() as usize),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_never_negates_i32_min() {
+        assert_eq!(written(5, 8), Written::Fits(5));
+        assert_eq!(written(0, 0), Written::Fits(0));
+        assert_eq!(written(-20, 8), Written::Grow(20));
+        assert_eq!(written(-8, 8), Written::Broken);
+        // -i32::MIN overflows i32: a panic in debug builds, a wrapped
+        // (negative) size in release ones, before the guard.
+        assert_eq!(written(i32::MIN, 8), Written::Broken);
+        assert_eq!(written(i32::MIN + 1, 8), Written::Grow(i32::MAX as usize));
+    }
+
+    #[test]
+    fn fallible_buffers() {
+        let mut v: Vec<u8> = Vec::new();
+        assert!(matches!(try_resize(&mut v, usize::MAX / 2, 0, "test"), Err(Error::OutOfMemory { what: "test", .. })));
+        assert!(v.is_empty());
+        try_resize(&mut v, 3, 7, "test").unwrap();
+        assert_eq!(v, [7, 7, 7]);
+        assert!(matches!(try_with_capacity::<u64>(usize::MAX / 4, "x", 0), Err(Error::OutOfMemory { .. })));
+    }
+}

@@ -391,7 +391,7 @@ impl<'m> Context<'m> {
         }
 
         let n_batch = self.n_batch() as usize;
-        let mut batch = Batch::new(n_batch, 1);
+        let mut batch = Batch::new(n_batch, 1)?;
         let mut pos = n_past;
         let mut logits_row = 0;
         let n_chunks = tokens.len().div_ceil(n_batch);

@@ -1,121 +1,185 @@
-//! A minimal GGUF metadata reader over ggml's `gguf.h`, and the pre-load
-//! check that keeps malformed model files away from llama.cpp's asserts.
+//! A minimal GGUF metadata reader over ggml's `gguf.h` ([`Gguf`]), and the
+//! model file opened once ([`ModelFile`]) so that what the validator
+//! (`validate.rs`) reads is what llama.cpp loads.
 //!
-//! llama.cpp validates the GGUF container well (`gguf_init_from_file`
-//! returns NULL on a bad magic, a truncated header or bad sizes), but many
-//! checks of the model metadata are `GGML_ASSERT`/`GGML_ABORT`, which abort
-//! the whole process. [`validate_model_file`] reads the metadata first
-//! (`no_alloc`, no tensor data) and rejects every such file with
-//! [`Error::InvalidModel`] naming the key and value.
-//!
-//! Asserts reachable from a file's metadata, found by reading the pinned tree
-//! (paths relative to `llama.cpp/`), and what is checked here:
-//!
-//! | llama.cpp | condition that aborts | check |
-//! |---|---|---|
-//! | `src/llama-model.cpp:1330` | `<arch>.block_count` 0 or > `LLAMA_MAX_LAYERS` (512) | yes |
-//! | `src/llama-model.cpp:1332` | `<arch>.nextn_predict_layers` > block_count | yes |
-//! | `src/llama-model.cpp:1356-1357` | wavtokenizer-dec: `posnet`/`convnext.block_count` > block_count | yes |
-//! | `src/llama-model.cpp:1363` | `<arch>.expert_count` > `LLAMA_MAX_EXPERTS` (1024) | yes |
-//! | `src/llama-model.cpp:1364` | max of `<arch>.expert_used_count` (scalar or per-layer array) > expert_count | yes |
-//! | `src/llama-model.cpp:1366` | experts present but expert_used_count 0 | yes |
-//! | `src/llama-model.cpp:1367-1371` | `expert_group_count` >= expert_count; expert_count % groups; `expert_group_used_count` 0 or >= groups | yes |
-//! | `src/llama-model.cpp:1374-1375` | no experts but expert_used_count or expert_group_count set | yes |
-//! | `src/llama-model.cpp:1422` | `<arch>.rope.scaling.type` not none/linear/yarn/longrope (`LLAMA_ROPE_SCALING_TYPES`, 1036) | yes |
-//! | `src/llama-vocab.cpp:2578` | duplicate strings in `tokenizer.ggml.tokens` (after llama.cpp renames empty tokens to `[EMPTY_<i>]`, 2557; strings cut at the first NUL as `gguf_get_arr_str` returns them) | yes |
-//! | `src/llama-vocab.cpp:3240-3241` | a BYTE-typed token (type 6) in a WPM (`bert`) vocabulary: building the piece cache at load (3093) calls `token_to_byte`, which aborts for WPM | yes |
-//! | `src/llama-vocab.cpp:3477, 3514, 3561, 3588, 3613, 3637, 3663` | tokenizing with add_bos/add_eos when the BOS/EOS id is unset: an out-of-range id in the file is dropped with only a warning (2655), so the abort comes later, at the first tokenize | yes: bos/eos ids must be < the number of tokens |
-//! | `src/llama-model-loader.cpp:1316` | a tensor dimension computed from hparams is < 1: `embedding_length` 0 (every architecture), an empty token list, and for plain transformers (`llama` and kin, see [`PLAIN_TRANSFORMERS`]) `attention.head_count`, `attention.head_count_kv` or `feed_forward_length` 0 | yes |
-//! | `ggml/src/ggml-cpu/ops.cpp:4026, 4132, 4502` | `<arch>.attention.layer_norm_epsilon`, `layer_norm_rms_epsilon` or `group_norm_epsilon` negative or NaN: the norm kernels assert `eps >= 0` at the first decode | yes |
-//! | `ggml/src/ggml-cpu/ops.cpp:6354-6355`, `src/models/*.cpp` (e.g. `qwen2.cpp:56-57`) | `<arch>.rope.dimension_count` odd or over the head size; for the architectures in [`ROPE_EQUALS_HEAD`] different from the head size, or value and key head sizes differing | yes |
-//! | `src/llama-vocab.cpp:2611` | an RWKV vocabulary that cannot tokenize "\n" | no (needs the RWKV tokenizer) |
-//!
-//! Also rejected, although llama.cpp itself only throws (a clean load
-//! failure) for them: the tokens/scores/token_type arrays differing in length
-//! (2519, 2537), tensor data past the end of the file
-//! (`src/llama-model-loader.h:48`), a missing `general.architecture`, and
-//! keys of the wrong type (GGUFMeta throws). Every getter here checks the
-//! type before calling `gguf_get_val_*`, whose own type asserts would abort.
+//! Every typed getter checks the value's type before calling
+//! `gguf_get_val_*`, whose own type asserts would abort the process; the
+//! load-time overrides are seen as llama.cpp's loader sees them.
 
 use crate::error::{Error, Result};
+use crate::hparams::Kind;
+use crate::model::KvOverride;
 use llama_sys as sys;
-use std::collections::HashSet;
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
-/// `LLAMA_MAX_LAYERS` (`src/llama-hparams.h:11`).
-const MAX_LAYERS: u32 = 512;
-/// `LLAMA_MAX_EXPERTS` (`src/llama-hparams.h:12`).
-const MAX_EXPERTS: u32 = 1024;
-/// `LLAMA_ROPE_SCALING_TYPES` (`src/llama-model.cpp:1036`).
-const ROPE_SCALING_TYPES: [&str; 4] = ["none", "linear", "yarn", "longrope"];
-/// Architectures that create attention and feed-forward weights of
-/// `head_count`, `head_count_kv` and `feed_forward_length` size in every
-/// layer (zero there hits `llama-model-loader.cpp:1316`). Hybrid and
-/// recurrent architectures legitimately have zero heads in some layers.
-pub(crate) const PLAIN_TRANSFORMERS: [&str; 8] =
-    ["llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "starcoder2"];
-/// Architectures whose graph builder asserts `n_embd_head_v == n_embd_head_k
-/// == n_rot` when a context is created (e.g. `src/models/qwen2.cpp:56-57`):
-/// every architecture name (`src/llama-arch.cpp`) whose model class
-/// (`src/llama-model.cpp`, `return new llama_model_<class>`) builds only graphs
-/// (`build_arch_graph`, following `using graph = ...` aliases, multi-token
-/// prediction graphs aside) whose constructor has that assert. Derived from the
-/// pinned tree by reading those three places, not from file names: builders
-/// shared under other names (`granite_swa`, `ernie4_5`, `seed_oss`, ...) are in.
-#[rustfmt::skip]
-const ROPE_EQUALS_HEAD: [&str; 65] = [
-    "apertus", "arcee", "arctic", "baichuan", "chameleon", "codeshell", "cogvlm", "cohere2moe", "dbrx", "deci",
-    "deepseek", "dots1", "dream", "ernie4_5", "ernie4_5-moe", "exaone", "exaone-moe", "exaone4", "falcon", "granite",
-    "granite_swa", "granitemoe", "graniteswitch", "grok", "grovemoe", "hunyuan-dense", "hunyuan-moe", "hunyuan_vl",
-    "hy_v3", "internlm2", "jais2", "llada", "llada-moe", "llama", "llama-embed", "llama4", "maincoder", "mellum",
-    "minicpm", "minimax-01", "minimax-m2", "mistral3", "nemotron", "olmo", "olmo2", "olmoe", "orion", "paddleocr",
-    "pangu-embedded", "plamo", "pockettts", "qwen2", "qwen2moe", "qwen2vl", "qwen3", "qwen3moe", "qwen3vl",
-    "qwen3vlmoe", "rnd1", "seed_oss", "smallthinker", "smollm3", "starcoder2", "talkie", "xverse",
-];
-/// `LLAMA_TOKEN_TYPE_BYTE` (`include/llama.h`).
-const TOKEN_TYPE_BYTE: i32 = 6;
+/// A model file opened once, so that the file the validator reads is the
+/// file llama.cpp loads. On Linux both open `/proc/self/fd/N` of this open
+/// file: the same inode, whatever happens to the name meanwhile (a rename or
+/// a replacement cannot swap the file between validation and load).
+/// Elsewhere, and for split models (llama.cpp derives the other parts' names
+/// from the first one's), both get the path's exact bytes, and the file
+/// behind the name is checked to still be this one just before the load.
+pub(crate) struct ModelFile {
+    file: std::fs::File,
+    path: PathBuf,
+    /// What gguf and llama.cpp open.
+    c_path: CString,
+    by_name: bool,
+}
 
-/// An open GGUF file's metadata (no tensor data), freed on drop.
+impl ModelFile {
+    /// Opens `path` (a missing file is [`Error::Io`], a folder or device
+    /// [`Error::InvalidModel`]).
+    pub(crate) fn open(path: &Path) -> Result<ModelFile> {
+        let c_path = path_cstring(path, "model path")?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let meta = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !meta.is_file() {
+            return Err(Error::InvalidModel { path: path.into(), message: "not a regular file".into() });
+        }
+        let mut f = ModelFile { c_path, file, path: path.into(), by_name: true };
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd_path = format!("/proc/self/fd/{}", f.file.as_raw_fd());
+            if std::fs::metadata(&fd_path).is_ok_and(|m| same_file(&m, &meta)) {
+                f.c_path = CString::new(fd_path).expect("no NUL in a /proc path");
+                f.by_name = false;
+            }
+        }
+        Ok(f)
+    }
+
+    /// The path as the caller gave it.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Hands llama.cpp the file's own name (split models).
+    pub(crate) fn use_name(&mut self) -> Result<()> {
+        self.c_path = path_cstring(&self.path, "model path")?;
+        self.by_name = true;
+        Ok(())
+    }
+
+    /// The path to give gguf and llama.cpp, checked to still name this file.
+    pub(crate) fn c_path(&self) -> Result<&CStr> {
+        if self.by_name {
+            let now = std::fs::metadata(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            let opened = self.file.metadata().map_err(|e| Error::io(&self.path, e))?;
+            if !same_file(&now, &opened) {
+                return Err(Error::InvalidModel {
+                    path: self.path.clone(),
+                    message: "the file was replaced while it was being opened: load it again".into(),
+                });
+            }
+        }
+        Ok(&self.c_path)
+    }
+
+    /// The file's length in bytes.
+    pub(crate) fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(|e| Error::io(&self.path, e))?.len())
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}
+
+/// A u64 as an [`Value::Int`]; values above `i64::MAX` (which no range of
+/// the allow-list distinguishes) become `i64::MAX`.
+fn clamp_u64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A metadata value as llama.cpp reads it into its destination.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Value {
+    /// Integers and bools (0 or 1).
+    Int(i64),
+    /// Floats.
+    Float(f32),
+    /// Strings.
+    Str(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Int(v) => write!(f, "{v}"),
+            Value::Float(v) => write!(f, "{v}"),
+            Value::Str(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// An open GGUF file's metadata (no tensor data), freed on drop; with the
+/// load-time overrides llama.cpp will apply on top of the file's values.
 pub(crate) struct Gguf {
     ctx: NonNull<sys::gguf_context>,
     path: PathBuf,
+    overrides: Vec<(String, KvOverride)>,
 }
 
 impl Gguf {
     /// Reads the header, key/values and tensor infos of `path`. A file that
     /// is not GGUF, is truncated inside the metadata or is otherwise
     /// malformed gives [`Error::InvalidModel`] (gguf.cpp logs the reason).
+    #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<Gguf> {
+        Gguf::read(&ModelFile::open(path)?, &[])
+    }
+
+    /// Reads an opened model file's metadata; `overrides` are the load-time
+    /// overrides ([`ModelParams::kv_override`](crate::ModelParams::kv_override)),
+    /// seen by the scalar getters as llama.cpp's loader sees them.
+    pub(crate) fn read(file: &ModelFile, overrides: &[(String, KvOverride)]) -> Result<Gguf> {
         crate::backend::init();
-        let c = path_cstring(path)?;
-        if !path.is_file() {
-            let message = match std::fs::metadata(path) {
-                Err(e) => return Err(Error::io(path, e)),
-                Ok(_) => "not a regular file".to_string(),
-            };
-            return Err(Error::InvalidModel { path: path.into(), message });
-        }
         let params = sys::gguf_init_params { no_alloc: true, ctx: std::ptr::null_mut() };
+        let c = file.c_path()?;
         // SAFETY: NUL-terminated path; no_alloc with ctx NULL reads only the
         // metadata; gguf.cpp returns NULL (after logging) on any read or
         // format error instead of asserting.
         let ctx = unsafe { sys::gguf_init_from_file(c.as_ptr(), params) };
         let ctx = NonNull::new(ctx).ok_or_else(|| Error::InvalidModel {
-            path: path.into(),
+            path: file.path().into(),
             message: "not a GGUF file, or truncated or corrupt metadata (gguf_init_from_file failed; \
                       llama.cpp's log says where)"
                 .into(),
         })?;
-        Ok(Gguf { ctx, path: path.into() })
+        // llama.cpp keeps the first override of a key (`unordered_map::insert`,
+        // `src/llama-model-loader.cpp:553`).
+        let mut kept: Vec<(String, KvOverride)> = Vec::new();
+        for (k, v) in overrides {
+            if !kept.iter().any(|(seen, _)| seen == k) {
+                kept.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(Gguf { ctx, path: file.path().into(), overrides: kept })
     }
 
-    fn invalid(&self, message: String) -> Error {
+    /// The override of a scalar key, if llama.cpp would apply it: the file's
+    /// value is not an array (arrays are read without overrides).
+    fn override_of(&self, key: &str) -> Option<&KvOverride> {
+        let (_, v) = self.overrides.iter().find(|(k, _)| k == key)?;
+        (self.kv_type(key) != Some(sys::GGUF_TYPE_ARRAY)).then_some(v)
+    }
+
+    pub(crate) fn invalid(&self, message: String) -> Error {
         Error::InvalidModel { path: self.path.clone(), message }
     }
 
-    fn ptr(&self) -> *const sys::gguf_context {
+    pub(crate) fn ptr(&self) -> *const sys::gguf_context {
         self.ctx.as_ptr()
     }
 
@@ -159,20 +223,31 @@ impl Gguf {
         Ok(Some(id))
     }
 
-    /// A u32 value.
+    /// A u32 value. An integer override is taken as llama.cpp takes it
+    /// (`target = val_i64`: truncated to 32 bits).
     pub(crate) fn get_u32(&self, key: &str) -> Result<Option<u32>> {
+        if let Some(KvOverride::Int(v)) = self.override_of(key) {
+            return Ok(Some(*v as u32));
+        }
         // SAFETY: the id has type UINT32 (checked), which gguf_get_val_u32 asserts.
         Ok(self.scalar_id(key, sys::GGUF_TYPE_UINT32)?.map(|id| unsafe { sys::gguf_get_val_u32(self.ptr(), id) }))
     }
 
-    /// An f32 value.
+    /// An f32 value (or its float override, narrowed as llama.cpp does).
     pub(crate) fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+        if let Some(KvOverride::Float(v)) = self.override_of(key) {
+            return Ok(Some(*v as f32));
+        }
         // SAFETY: the id has type FLOAT32 (checked), which gguf_get_val_f32 asserts.
         Ok(self.scalar_id(key, sys::GGUF_TYPE_FLOAT32)?.map(|id| unsafe { sys::gguf_get_val_f32(self.ptr(), id) }))
     }
 
-    /// A string value (cut at the first NUL, as llama.cpp reads it).
+    /// A string value (cut at the first NUL, as llama.cpp reads it), or its
+    /// string override.
     pub(crate) fn get_str(&self, key: &str) -> Result<Option<String>> {
+        if let Some(KvOverride::Str(v)) = self.override_of(key) {
+            return Ok(Some(v.clone()));
+        }
         let Some(id) = self.scalar_id(key, sys::GGUF_TYPE_STRING)? else { return Ok(None) };
         // SAFETY: the id has type STRING (checked); the returned pointer is
         // owned by the context, which outlives this copy.
@@ -213,10 +288,10 @@ impl Gguf {
     /// A u32 scalar, or an array of u32/i32/bool (llama.cpp's
     /// `get_key_or_arr` for per-layer values).
     pub(crate) fn get_u32_or_arr(&self, key: &str) -> Result<Option<Vec<u32>>> {
-        let Some(id) = self.key_id(key) else { return Ok(None) };
         let Some((t, n)) = self.arr_info(key) else {
             return Ok(self.get_u32(key)?.map(|v| vec![v]));
         };
+        let Some(id) = self.key_id(key) else { return Ok(None) };
         if !matches!(t, sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 | sys::GGUF_TYPE_BOOL) {
             return Err(self.invalid(format!("{key} is an array of {}, expected uint32", Self::type_name(t))));
         }
@@ -235,6 +310,104 @@ impl Gguf {
             }
             _ => unreachable!("element type checked above"),
         };
+        Ok(Some(values))
+    }
+
+    /// The GGUF type llama.cpp requires for a scalar of `kind`.
+    fn gguf_type(kind: Kind) -> sys::gguf_type {
+        match kind {
+            Kind::U32 => sys::GGUF_TYPE_UINT32,
+            Kind::I32 => sys::GGUF_TYPE_INT32,
+            Kind::U64 => sys::GGUF_TYPE_UINT64,
+            Kind::F32 => sys::GGUF_TYPE_FLOAT32,
+            Kind::Bool => sys::GGUF_TYPE_BOOL,
+            Kind::Str => sys::GGUF_TYPE_STRING,
+        }
+    }
+
+    /// A scalar read as llama.cpp's `get_key` reads it into a `kind`
+    /// destination: an override of the matching type wins (integers
+    /// truncated as `target = val_i64` truncates them), else the file's value,
+    /// which must have exactly that type (GGUFMeta throws otherwise).
+    pub(crate) fn scalar(&self, key: &str, kind: Kind) -> Result<Option<Value>> {
+        match (self.override_of(key), kind) {
+            (Some(KvOverride::Int(v)), Kind::U32) => return Ok(Some(Value::Int(i64::from(*v as u32)))),
+            (Some(KvOverride::Int(v)), Kind::I32) => return Ok(Some(Value::Int(i64::from(*v as i32)))),
+            (Some(KvOverride::Float(v)), Kind::F32) => return Ok(Some(Value::Float(*v as f32))),
+            (Some(KvOverride::Bool(v)), Kind::Bool) => return Ok(Some(Value::Int(i64::from(*v)))),
+            (Some(KvOverride::Str(v)), Kind::Str) => return Ok(Some(Value::Str(v.clone()))),
+            _ => {}
+        }
+        let Some(id) = self.scalar_id(key, Self::gguf_type(kind))? else { return Ok(None) };
+        // SAFETY: the id has the type of each getter (checked by scalar_id),
+        // which gguf_get_val_* assert; strings are copied at once.
+        Ok(Some(unsafe {
+            match kind {
+                Kind::U32 => Value::Int(i64::from(sys::gguf_get_val_u32(self.ptr(), id))),
+                Kind::I32 => Value::Int(i64::from(sys::gguf_get_val_i32(self.ptr(), id))),
+                Kind::U64 => Value::Int(clamp_u64(sys::gguf_get_val_u64(self.ptr(), id))),
+                Kind::F32 => Value::Float(sys::gguf_get_val_f32(self.ptr(), id)),
+                Kind::Bool => Value::Int(i64::from(sys::gguf_get_val_bool(self.ptr(), id))),
+                Kind::Str => Value::Str(crate::ffi::string_from_ptr(sys::gguf_get_val_str(self.ptr(), id))),
+            }
+        }))
+    }
+
+    /// `get_key_or_arr`: the array's elements if the file holds an array,
+    /// else the scalar.
+    pub(crate) fn scalar_or_arr(&self, key: &str, kind: Kind) -> Result<Option<Vec<Value>>> {
+        if self.kv_type(key) == Some(sys::GGUF_TYPE_ARRAY) {
+            self.array(key, kind)
+        } else {
+            Ok(self.scalar(key, kind)?.map(|v| vec![v]))
+        }
+    }
+
+    /// `get_arr`: the elements of an array key, read as llama.cpp reads them
+    /// into `kind` elements (32-bit integers and bools reinterpreted, floats,
+    /// strings); a key that is not an array is not read (None), an element
+    /// type llama.cpp refuses is an error.
+    pub(crate) fn array(&self, key: &str, kind: Kind) -> Result<Option<Vec<Value>>> {
+        let Some((t, n)) = self.arr_info(key) else { return Ok(None) };
+        let Some(id) = self.key_id(key) else { return Ok(None) };
+        let ok = match kind {
+            Kind::U32 | Kind::I32 | Kind::Bool => {
+                matches!(t, sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 | sys::GGUF_TYPE_BOOL)
+            }
+            Kind::U64 => t == sys::GGUF_TYPE_UINT64,
+            Kind::F32 => t == sys::GGUF_TYPE_FLOAT32,
+            Kind::Str => t == sys::GGUF_TYPE_STRING,
+        };
+        if !ok {
+            return Err(self.invalid(format!(
+                "{key} is an array of {}, which llama.cpp cannot read as {kind:?}",
+                Self::type_name(t)
+            )));
+        }
+        if t == sys::GGUF_TYPE_STRING {
+            let strings = self.get_arr_str(key)?.unwrap_or_default();
+            return Ok(Some(
+                strings.into_iter().map(|b| Value::Str(String::from_utf8_lossy(&b).into_owned())).collect(),
+            ));
+        }
+        // SAFETY: a non-string array (checked above: gguf_get_arr_data
+        // asserts on string arrays) of n elements of its type's size, owned by
+        // the context.
+        let data = unsafe { sys::gguf_get_arr_data(self.ptr(), id) };
+        let values = (0..n)
+            .map(|i| {
+                // SAFETY: i < n elements of the checked type, possibly unaligned.
+                unsafe {
+                    match (t, kind) {
+                        (sys::GGUF_TYPE_BOOL, _) => Value::Int(i64::from(data.cast::<u8>().add(i).read() != 0)),
+                        (sys::GGUF_TYPE_FLOAT32, _) => Value::Float(data.cast::<f32>().add(i).read_unaligned()),
+                        (sys::GGUF_TYPE_UINT64, _) => Value::Int(clamp_u64(data.cast::<u64>().add(i).read_unaligned())),
+                        (_, Kind::I32) => Value::Int(i64::from(data.cast::<i32>().add(i).read_unaligned())),
+                        _ => Value::Int(i64::from(data.cast::<u32>().add(i).read_unaligned())),
+                    }
+                }
+            })
+            .collect();
         Ok(Some(values))
     }
 
@@ -264,465 +437,73 @@ impl Drop for Gguf {
     }
 }
 
-fn path_cstring(path: &Path) -> Result<CString> {
+/// The path's exact bytes as a C string (on Unix; elsewhere it must be
+/// Unicode), never a lossy conversion: the file named is the file opened.
+pub(crate) fn path_cstring(path: &Path, what: &'static str) -> Result<CString> {
     #[cfg(unix)]
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
     #[cfg(not(unix))]
     let bytes =
-        path.to_str().ok_or_else(|| Error::invalid("path", path.display(), "not valid Unicode"))?.as_bytes().to_vec();
-    CString::new(bytes).map_err(|e| Error::Nul { what: "model path", position: e.nul_position() })
-}
-
-/// Rejects a model file that would make llama.cpp abort the process while
-/// loading it (see the module docs for the list), before llama.cpp sees it.
-pub(crate) fn validate_model_file(path: &Path) -> Result<()> {
-    let g = Gguf::open(path)?;
-    let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| g.invalid(format!("{key} = {value}: {why}"));
-
-    // Tensor data inside the file (llama.cpp throws; a clear message here).
-    let file_len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    for i in 0..g.n_tensors() {
-        let (name, start, size) = g.tensor_extent(i);
-        if start.checked_add(size).is_none_or(|end| end > file_len) {
-            return Err(g.invalid(format!(
-                "tensor {name} spans bytes {start}..{} but the file has {file_len} bytes (truncated?)",
-                start.saturating_add(size)
-            )));
-        }
-    }
-
-    let Some(arch) = g.get_str("general.architecture")? else {
-        return Err(g.invalid("general.architecture is missing".into()));
-    };
-    let k = |suffix: &str| format!("{arch}.{suffix}");
-
-    // Layers.
-    let block_count = g.get_u32(&k("block_count"))?;
-    if let Some(n) = block_count {
-        if n == 0 || n > MAX_LAYERS {
-            return Err(bad(&k("block_count"), &n, &format!("must be in 1..={MAX_LAYERS}")));
-        }
-    }
-    let n_layer = block_count.unwrap_or(MAX_LAYERS);
-    let mut layer_keys = vec![k("nextn_predict_layers")];
-    if arch == "wavtokenizer-dec" {
-        layer_keys.extend([k("posnet.block_count"), k("convnext.block_count")]);
-    }
-    for key in layer_keys {
-        if let Some(n) = g.get_u32(&key)? {
-            if n > n_layer {
-                return Err(bad(&key, &n, &format!("exceeds block_count = {n_layer}")));
-            }
-        }
-    }
-
-    // Experts.
-    let n_expert = g.get_u32(&k("expert_count"))?.unwrap_or(0);
-    if n_expert > MAX_EXPERTS {
-        return Err(bad(&k("expert_count"), &n_expert, &format!("llama.cpp allows at most {MAX_EXPERTS}")));
-    }
-    let used = g.get_u32_or_arr(&k("expert_used_count"))?.unwrap_or_default();
-    let used_max = used.iter().copied().max().unwrap_or(0);
-    let groups = g.get_u32(&k("expert_group_count"))?.unwrap_or(0);
-    let group_used = g.get_u32(&k("expert_group_used_count"))?.unwrap_or(0);
-    if used_max > n_expert {
-        return Err(bad(&k("expert_used_count"), &used_max, &format!("exceeds expert_count = {n_expert}")));
-    }
-    if n_expert > 0 {
-        if used_max == 0 {
-            return Err(bad(&k("expert_used_count"), &0, &format!("must be > 0 with expert_count = {n_expert}")));
-        }
-        if groups >= n_expert {
-            return Err(bad(&k("expert_group_count"), &groups, &format!("must be < expert_count = {n_expert}")));
-        }
-        if groups > 1 {
-            if !n_expert.is_multiple_of(groups) {
-                return Err(bad(&k("expert_group_count"), &groups, &format!("must divide expert_count = {n_expert}")));
-            }
-            if group_used == 0 || group_used >= groups {
-                return Err(bad(
-                    &k("expert_group_used_count"),
-                    &group_used,
-                    &format!("must be in 1..{groups} (expert_group_count)"),
-                ));
-            }
-        }
-    } else if groups != 0 {
-        return Err(bad(&k("expert_group_count"), &groups, "set without experts (expert_count = 0)"));
-    }
-
-    // RoPE scaling.
-    if let Some(t) = g.get_str(&k("rope.scaling.type"))? {
-        if !ROPE_SCALING_TYPES.contains(&t.as_str()) {
-            return Err(bad(
-                &k("rope.scaling.type"),
-                &format!("{t:?}"),
-                &format!("must be one of {ROPE_SCALING_TYPES:?}"),
-            ));
-        }
-    }
-
-    // Norm epsilons: ggml's norm kernels assert eps >= 0 at the first decode
-    // (`ggml/src/ggml-cpu/ops.cpp:4026, 4132, 4502`); NaN fails that too.
-    for key in
-        [k("attention.layer_norm_epsilon"), k("attention.layer_norm_rms_epsilon"), k("attention.group_norm_epsilon")]
-    {
-        if let Some(eps) = g.get_f32(&key)? {
-            if !(eps.is_finite() && eps >= 0.0) {
-                return Err(bad(&key, &eps, "must be finite and >= 0"));
-            }
-        }
-    }
-
-    // Dimensions that become tensor sizes.
-    let n_embd = g.get_u32(&k("embedding_length"))?;
-    if n_embd == Some(0) {
-        return Err(bad(&k("embedding_length"), &0, "must be at least 1"));
-    }
-
-    // RoPE dimensions against the head size (llama.cpp's own head size: key
-    // length, else n_embd / n_head of layer 0). ggml's rope kernel asserts
-    // n_rot even and <= the head size at the first decode
-    // (`ggml/src/ggml-cpu/ops.cpp:6354-6355`); many graph builders assert
-    // n_rot == head size == value head size when the context is created.
-    let n_head = g.get_u32_or_arr(&k("attention.head_count"))?.and_then(|v| v.first().copied()).unwrap_or(0);
-    if let (Some(n_embd), true) = (n_embd, n_head > 0) {
-        let head_k = g.get_u32(&k("attention.key_length"))?.unwrap_or(n_embd / n_head);
-        let head_v = g.get_u32(&k("attention.value_length"))?.unwrap_or(n_embd / n_head);
-        let strict = ROPE_EQUALS_HEAD.contains(&arch.as_str());
-        if let Some(n_rot) = g.get_u32(&k("rope.dimension_count"))? {
-            if n_rot % 2 != 0 || n_rot > head_k {
-                return Err(bad(
-                    &k("rope.dimension_count"),
-                    &n_rot,
-                    &format!("must be even and <= the head size {head_k}"),
-                ));
-            }
-            if strict && n_rot != head_k {
-                return Err(bad(
-                    &k("rope.dimension_count"),
-                    &n_rot,
-                    &format!("must equal the head size {head_k} for architecture {arch}"),
-                ));
-            }
-        }
-        if strict && head_v != head_k {
-            return Err(bad(
-                &k("attention.value_length"),
-                &head_v,
-                &format!("must equal the key head size {head_k} for architecture {arch}"),
-            ));
-        }
-    }
-    if PLAIN_TRANSFORMERS.contains(&arch.as_str()) {
-        for key in [k("attention.head_count"), k("attention.head_count_kv"), k("feed_forward_length")] {
-            if let Some(values) = g.get_u32_or_arr(&key)? {
-                if let Some(layer) = values.iter().position(|&v| v == 0) {
-                    return Err(bad(&key, &0, &format!("must be at least 1 (layer {layer}) for architecture {arch}")));
-                }
-            }
-        }
-    }
-
-    validate_vocab(&g)
-}
-
-/// The tokenizer.ggml.* checks.
-fn validate_vocab(g: &Gguf) -> Result<()> {
-    const TOKENS: &str = "tokenizer.ggml.tokens";
-    let model = g.get_str("tokenizer.ggml.model")?;
-    let Some(tokens) = g.get_arr_str(TOKENS)? else {
-        // llama.cpp throws "cannot find tokenizer vocab" unless the model has
-        // no vocabulary at all ("no"/"none").
-        return Ok(());
-    };
-    let n = tokens.len();
-    if n == 0 && !matches!(model.as_deref(), Some("no" | "none")) {
-        return Err(g.invalid(format!("{TOKENS} is empty")));
-    }
-    if n > i32::MAX as usize {
-        return Err(g.invalid(format!("{TOKENS} has {n} entries, more than token ids can address")));
-    }
-    let mut seen: HashSet<Vec<u8>> = HashSet::with_capacity(n);
-    for (i, t) in tokens.into_iter().enumerate() {
-        let t = if t.is_empty() { format!("[EMPTY_{i}]").into_bytes() } else { t };
-        if let Some(t) = seen.replace(t) {
-            return Err(g.invalid(format!(
-                "{TOKENS}[{i}] = {:?} duplicates an earlier token (llama.cpp needs unique token strings)",
-                String::from_utf8_lossy(&t)
-            )));
-        }
-    }
-    for key in ["tokenizer.ggml.scores", "tokenizer.ggml.token_type"] {
-        if let Some((_, len)) = g.arr_info(key) {
-            if len != n {
-                return Err(g.invalid(format!("{key} has {len} entries but {TOKENS} has {n}")));
-            }
-        } else if g.kv_type(key).is_some() {
-            return Err(g.invalid(format!("{key} is not an array")));
-        }
-    }
-    if model.as_deref() == Some("bert") {
-        if let Some((sys::GGUF_TYPE_INT32, _)) = g.arr_info("tokenizer.ggml.token_type") {
-            let types = g.get_u32_or_arr("tokenizer.ggml.token_type")?.unwrap_or_default();
-            if let Some(i) = types.iter().position(|&t| t as i32 == TOKEN_TYPE_BYTE) {
-                return Err(g.invalid(format!(
-                    "tokenizer.ggml.token_type[{i}] = {TOKEN_TYPE_BYTE} (BYTE): byte tokens are not supported by \
-                     the WPM (bert) tokenizer"
-                )));
-            }
-        }
-    }
-    for key in ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"] {
-        if let Some(id) = g.get_u32(key)? {
-            if id as usize >= n {
-                return Err(g.invalid(format!("{key} = {id}: outside the vocabulary of {n} tokens")));
-            }
-        }
-    }
-    Ok(())
+        path.to_str().ok_or_else(|| Error::invalid(what, path.display(), "not valid Unicode"))?.as_bytes().to_vec();
+    CString::new(bytes).map_err(|e| Error::Nul { what, position: e.nul_position() })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
-    use std::os::raw::c_char;
+    use crate::synthetic::{ModelShape, SyntheticModel};
 
-    /// A gguf context being edited for the bad-file corpus.
-    struct Edit(NonNull<sys::gguf_context>);
-
-    impl Edit {
-        /// Copies all key/values of `src` (no tensors).
-        fn from(src: &Gguf) -> Edit {
-            // SAFETY: returns an owned empty context.
-            let ctx = NonNull::new(unsafe { sys::gguf_init_empty() }).unwrap();
-            // SAFETY: both contexts valid; gguf_set_kv deep-copies.
-            unsafe { sys::gguf_set_kv(ctx.as_ptr(), src.ptr()) };
-            Edit(ctx)
+    #[test]
+    fn a_model_file_is_opened_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SyntheticModel::new(ModelShape::tiny()).write_cached(dir.path()).unwrap();
+        let mut f = ModelFile::open(&path).unwrap();
+        // On Linux gguf and llama.cpp open this very file through /proc.
+        #[cfg(target_os = "linux")]
+        assert!(f.c_path().unwrap().to_bytes().starts_with(b"/proc/self/fd/"), "{:?}", f.c_path());
+        let expected_len = f.len().unwrap();
+        // Replace the file behind the name: the opened one is still read.
+        let other = dir.path().join("other.gguf");
+        std::fs::write(&other, b"not a model").unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        assert_eq!(f.len().unwrap(), expected_len);
+        #[cfg(target_os = "linux")]
+        Gguf::read(&f, &[]).expect("the opened file, not the replacement");
+        // By name (split models), the replacement is noticed before any load.
+        f.use_name().unwrap();
+        match f.c_path() {
+            Err(Error::InvalidModel { message, .. }) => assert!(message.contains("replaced"), "{message}"),
+            other => panic!("{other:?}"),
         }
-        fn key(k: &str) -> CString {
-            CString::new(k).unwrap()
-        }
-        fn u32(self, k: &str, v: u32) -> Self {
-            // SAFETY: valid context, NUL-terminated key.
-            unsafe { sys::gguf_set_val_u32(self.0.as_ptr(), Self::key(k).as_ptr(), v) };
-            self
-        }
-        fn str(self, k: &str, v: &str) -> Self {
-            let v = CString::new(v).unwrap();
-            // SAFETY: valid context, NUL-terminated strings (copied).
-            unsafe { sys::gguf_set_val_str(self.0.as_ptr(), Self::key(k).as_ptr(), v.as_ptr()) };
-            self
-        }
-        fn remove(self, k: &str) -> Self {
-            // SAFETY: valid context, NUL-terminated key.
-            unsafe { sys::gguf_remove_key(self.0.as_ptr(), Self::key(k).as_ptr()) };
-            self
-        }
-        fn arr_str(self, k: &str, values: &[Vec<u8>]) -> Self {
-            let owned: Vec<CString> = values.iter().map(|v| CString::new(v.clone()).unwrap()).collect();
-            let mut ptrs: Vec<*const c_char> = owned.iter().map(|c| c.as_ptr()).collect();
-            // SAFETY: len valid NUL-terminated strings, copied by gguf.
-            unsafe { sys::gguf_set_arr_str(self.0.as_ptr(), Self::key(k).as_ptr(), ptrs.as_mut_ptr(), ptrs.len()) };
-            self
-        }
-        fn arr_u32(self, k: &str, t: sys::gguf_type, values: &[u32]) -> Self {
-            // SAFETY: len 4-byte values for a 4-byte element type, copied.
-            unsafe {
-                sys::gguf_set_arr_data(self.0.as_ptr(), Self::key(k).as_ptr(), t, values.as_ptr().cast(), values.len())
-            };
-            self
-        }
-        fn write(self, path: &Path) {
-            let c = CString::new(path.to_str().unwrap()).unwrap();
-            // SAFETY: valid context and path; only the metadata is written.
-            assert!(unsafe { sys::gguf_write_to_file(self.0.as_ptr(), c.as_ptr(), true) });
-        }
-    }
-
-    impl Drop for Edit {
-        fn drop(&mut self) {
-            // SAFETY: owned context, freed once.
-            unsafe { sys::gguf_free(self.0.as_ptr()) };
-        }
-    }
-
-    fn message(r: Result<()>) -> String {
-        match r {
-            Err(Error::InvalidModel { message, .. }) => message,
-            other => panic!("expected InvalidModel, got {other:?}"),
-        }
-    }
-
-    fn good(dir: &Path, vocab: VocabKind) -> PathBuf {
-        SyntheticModel::new(ModelShape::tiny()).vocab(vocab).write_cached(dir).unwrap()
+        assert!(matches!(ModelFile::open(dir.path()), Err(Error::InvalidModel { .. })));
+        assert!(matches!(ModelFile::open(&dir.path().join("missing")), Err(Error::Io { .. })));
+        assert!(matches!(ModelFile::open(Path::new("a\0b")), Err(Error::Nul { .. })));
     }
 
     #[test]
-    fn accepts_synthetic_models() {
+    fn overrides_are_read_as_llama_cpp_reads_them() {
         let dir = tempfile::tempdir().unwrap();
-        for vocab in [VocabKind::Spm, VocabKind::Bpe] {
-            validate_model_file(&good(dir.path(), vocab)).unwrap();
-            let q = SyntheticModel::new(ModelShape::tiny_k()).vocab(vocab).weight_type(WeightType::Q4_K_M);
-            validate_model_file(&q.write_cached(dir.path()).unwrap()).unwrap();
-        }
-    }
-
-    #[test]
-    fn reader_getters_check_types() {
-        let dir = tempfile::tempdir().unwrap();
-        let g = Gguf::open(&good(dir.path(), VocabKind::Bpe)).unwrap();
-        assert_eq!(g.get_u32("llama.block_count").unwrap(), Some(2));
-        assert_eq!(g.get_str("general.architecture").unwrap().as_deref(), Some("llama"));
-        assert_eq!(g.get_arr_str("tokenizer.ggml.tokens").unwrap().unwrap().len(), 1024);
-        assert_eq!(g.get_u32_or_arr("llama.attention.head_count").unwrap(), Some(vec![4]));
-        assert_eq!(g.get_u32("no.such.key").unwrap(), None);
-        // Wrong types are errors, never gguf.cpp asserts.
-        assert!(message(g.get_u32("general.architecture").map(drop)).contains("general.architecture has type"));
-        assert!(message(g.get_str("llama.block_count").map(drop)).contains("llama.block_count has type"));
-        assert!(message(g.get_arr_str("llama.block_count").map(drop)).contains("not an array"));
-        assert!(message(g.get_u32_or_arr("tokenizer.ggml.tokens").map(drop)).contains("array of"));
-        assert_eq!(g.n_tensors(), 3 + 9 * 2);
-    }
-
-    /// Each bad file, the key its error must name, and the llama.cpp line
-    /// that would abort the process if llama.cpp loaded it (read from the
-    /// source: these files are never handed to llama.cpp here).
-    #[test]
-    fn rejects_metadata_that_aborts_llama_cpp() {
-        let dir = tempfile::tempdir().unwrap();
-        let spm = Gguf::open(&good(dir.path(), VocabKind::Spm)).unwrap();
-        let tokens = spm.get_arr_str("tokenizer.ggml.tokens").unwrap().unwrap();
-        let mut dup = tokens.clone();
-        dup[500] = dup[400].clone();
-        let mut empty_dup = tokens.clone();
-        empty_dup[10] = Vec::new();
-        empty_dup[11] = b"[EMPTY_10]".to_vec();
-        let short: Vec<u32> = vec![1; 10];
-        let cases: Vec<(&str, Edit, &str)> = vec![
-            // llama-model.cpp:1330 GGML_ASSERT(n_layer_all > 0 && n_layer_all <= LLAMA_MAX_LAYERS)
-            ("block0", Edit::from(&spm).u32("llama.block_count", 0), "llama.block_count = 0"),
-            ("block513", Edit::from(&spm).u32("llama.block_count", 513), "llama.block_count = 513"),
-            // llama-model.cpp:1332 GGML_ASSERT(n_layer_nextn <= n_layer_all)
-            ("nextn", Edit::from(&spm).u32("llama.nextn_predict_layers", 3), "llama.nextn_predict_layers = 3"),
-            // llama-model.cpp:1363 GGML_ASSERT(n_expert <= LLAMA_MAX_EXPERTS)
-            ("experts", Edit::from(&spm).u32("llama.expert_count", 1025), "llama.expert_count = 1025"),
-            // llama-model.cpp:1364 GGML_ASSERT(n_expert_used_max <= n_expert)
-            (
-                "used",
-                Edit::from(&spm).u32("llama.expert_count", 8).u32("llama.expert_used_count", 9),
-                "llama.expert_used_count = 9",
-            ),
-            (
-                "used_arr",
-                Edit::from(&spm).u32("llama.expert_count", 8).arr_u32(
-                    "llama.expert_used_count",
-                    sys::GGUF_TYPE_INT32,
-                    &[2, 9],
-                ),
-                "llama.expert_used_count = 9",
-            ),
-            // llama-model.cpp:1374 GGML_ASSERT(n_expert_used_max == 0) without experts
-            ("used_no_experts", Edit::from(&spm).u32("llama.expert_used_count", 2), "llama.expert_used_count = 2"),
-            // llama-model.cpp:1366 GGML_ASSERT(n_expert_used_max > 0)
-            ("used0", Edit::from(&spm).u32("llama.expert_count", 8), "llama.expert_used_count = 0"),
-            // llama-model.cpp:1369-1371 expert groups
-            (
-                "groups",
-                Edit::from(&spm)
-                    .u32("llama.expert_count", 8)
-                    .u32("llama.expert_used_count", 2)
-                    .u32("llama.expert_group_count", 3),
-                "llama.expert_group_count = 3",
-            ),
-            (
-                "group_used",
-                Edit::from(&spm)
-                    .u32("llama.expert_count", 8)
-                    .u32("llama.expert_used_count", 2)
-                    .u32("llama.expert_group_count", 4)
-                    .u32("llama.expert_group_used_count", 4),
-                "llama.expert_group_used_count = 4",
-            ),
-            // llama-model.cpp:1422 GGML_ASSERT(rope_scaling_type_train != UNSPECIFIED)
-            (
-                "rope",
-                Edit::from(&spm).str("llama.rope.scaling.type", "dynamic"),
-                "llama.rope.scaling.type = \"dynamic\"",
-            ),
-            // llama-vocab.cpp:2578 GGML_ASSERT(id_to_token.size() == token_to_id.size())
-            ("dup", Edit::from(&spm).arr_str("tokenizer.ggml.tokens", &dup), "tokenizer.ggml.tokens[500]"),
-            ("empty_dup", Edit::from(&spm).arr_str("tokenizer.ggml.tokens", &empty_dup), "tokenizer.ggml.tokens[11]"),
-            // llama-model-loader.cpp:1316 GGML_ASSERT(t_meta.ne[dim] >= 1) for {n_embd, n_embd_head_k * n_head}
-            ("heads0", Edit::from(&spm).u32("llama.attention.head_count", 0), "llama.attention.head_count = 0"),
-            ("kv0", Edit::from(&spm).u32("llama.attention.head_count_kv", 0), "llama.attention.head_count_kv = 0"),
-            ("ff0", Edit::from(&spm).u32("llama.feed_forward_length", 0), "llama.feed_forward_length = 0"),
-            ("embd0", Edit::from(&spm).u32("llama.embedding_length", 0), "llama.embedding_length = 0"),
-            // llama-vocab.cpp:3477 GGML_ASSERT(special_bos_id != LLAMA_TOKEN_NULL) at tokenize
-            ("bos", Edit::from(&spm).u32("tokenizer.ggml.bos_token_id", 1024), "tokenizer.ggml.bos_token_id = 1024"),
-            ("eos", Edit::from(&spm).u32("tokenizer.ggml.eos_token_id", 5000), "tokenizer.ggml.eos_token_id = 5000"),
-            // llama-vocab.cpp:3241 GGML_ABORT in token_to_byte for WPM
-            (
-                "bert_byte",
-                Edit::from(&spm).str("tokenizer.ggml.model", "bert"),
-                "tokenizer.ggml.token_type[3] = 6 (BYTE)",
-            ),
-            // Throws in llama.cpp (2519, 2537); rejected here too.
-            (
-                "scores_len",
-                Edit::from(&spm).arr_u32("tokenizer.ggml.token_type", sys::GGUF_TYPE_INT32, &short),
-                "tokenizer.ggml.token_type has 10 entries",
-            ),
-            ("no_arch", Edit::from(&spm).remove("general.architecture"), "general.architecture is missing"),
-            ("arch_type", Edit::from(&spm).u32("general.architecture", 1), "general.architecture has type"),
+        let path = SyntheticModel::new(ModelShape::tiny()).write_cached(dir.path()).unwrap();
+        let f = ModelFile::open(&path).unwrap();
+        let overrides = vec![
+            ("llama.block_count".to_string(), KvOverride::Int((1 << 32) + 3)),
+            ("llama.block_count".to_string(), KvOverride::Int(9)),
+            ("llama.context_length".to_string(), KvOverride::Float(1.0)),
+            ("llama.pooling_type".to_string(), KvOverride::Int(2)),
+            ("tokenizer.ggml.tokens".to_string(), KvOverride::Int(1)),
         ];
-        for (name, edit, expect) in cases {
-            let path = dir.path().join(format!("{name}.gguf"));
-            edit.write(&path);
-            let msg = message(validate_model_file(&path));
-            assert!(msg.contains(expect), "{name}: {msg}");
-        }
-    }
-
-    #[test]
-    fn rejects_truncated_and_garbage_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = good(dir.path(), VocabKind::Bpe);
-        let bytes = std::fs::read(&good).unwrap();
-        let data_offset = {
-            let g = Gguf::open(&good).unwrap();
-            // SAFETY: valid context.
-            unsafe { sys::gguf_get_data_offset(g.ptr()) }
-        };
-        let cuts = [0, 3, 4, 8, 16, 24, 100, 5000, data_offset / 2, data_offset - 1, data_offset + 10, bytes.len() - 1];
-        for cut in cuts {
-            let path = dir.path().join(format!("cut{cut}.gguf"));
-            std::fs::write(&path, &bytes[..cut]).unwrap();
-            let msg = message(validate_model_file(&path));
-            if cut < data_offset {
-                assert!(msg.contains("gguf_init_from_file failed"), "cut {cut}: {msg}");
-            } else {
-                assert!(msg.contains("truncated?"), "cut {cut}: {msg}");
-            }
-        }
-        let mut state = 12345u64;
-        let mut garbage = vec![0u8; 4096];
-        for b in &mut garbage {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            *b = (state >> 33) as u8;
-        }
-        let mut magic_then_garbage = b"GGUF".to_vec();
-        magic_then_garbage.extend_from_slice(&garbage);
-        let mut huge_counts = b"GGUF\x03\0\0\0".to_vec();
-        huge_counts.extend_from_slice(&u64::MAX.to_le_bytes());
-        huge_counts.extend_from_slice(&u64::MAX.to_le_bytes());
-        for (name, content) in [("garbage", garbage), ("magic", magic_then_garbage), ("huge", huge_counts)] {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).unwrap();
-            assert!(message(validate_model_file(&path)).contains("gguf_init_from_file failed"), "{name}");
-        }
-        assert!(matches!(validate_model_file(&dir.path().join("missing.gguf")), Err(Error::Io { .. })));
-        assert!(matches!(validate_model_file(dir.path()), Err(Error::InvalidModel { .. })));
+        let g = Gguf::read(&f, &overrides).unwrap();
+        // First override wins; integers are truncated to 32 bits.
+        assert_eq!(g.get_u32("llama.block_count").unwrap(), Some(3));
+        // An override of another type is ignored, as llama.cpp ignores it.
+        assert_eq!(g.scalar("llama.context_length", Kind::U32).unwrap(), Some(Value::Int(512)));
+        // A key the file lacks is still overridden.
+        assert_eq!(g.scalar("llama.pooling_type", Kind::U32).unwrap(), Some(Value::Int(2)));
+        // Arrays are read without overrides.
+        assert_eq!(g.array("tokenizer.ggml.tokens", Kind::Str).unwrap().map(|v| v.len()), Some(1024));
+        // Wrong file types are errors, never gguf asserts.
+        assert!(g.scalar("general.architecture", Kind::U32).is_err());
+        assert!(g.array("tokenizer.ggml.tokens", Kind::F32).is_err());
+        assert_eq!(g.array("llama.block_count", Kind::U32).unwrap(), None);
     }
 }

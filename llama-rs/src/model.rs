@@ -444,8 +444,8 @@ impl Model {
     pub fn load_with(path: impl AsRef<Path>, mut params: ModelParams) -> Result<Model> {
         crate::init();
         let path = path.as_ref().to_path_buf();
-        let cpath = cstring("model path", &path.to_string_lossy())?;
-        crate::gguf::validate_model_file(&path)?;
+        let mut file = crate::gguf::ModelFile::open(&path)?;
+        crate::validate::validate(&mut file, &params.kv_overrides)?;
         let devices = params.resolved_devices()?;
         params.validate(&devices)?;
 
@@ -486,11 +486,13 @@ impl Model {
         }
 
         let mut model: *mut sys::llama_model = std::ptr::null_mut();
+        // The validated file itself (see ModelFile).
+        let c_path = file.c_path()?;
         clear_log_error();
         // SAFETY: every pointer in `raw` (devices, split, overrides, progress
         // state) points into locals that outlive the call; lists are
         // terminated as llama.cpp expects; the shim catches C++ exceptions.
-        let status = unsafe { sys::llama_rs_model_load_from_file(cpath.as_ptr(), raw, &mut model) };
+        let status = unsafe { sys::llama_rs_model_load_from_file(c_path.as_ptr(), raw, &mut model) };
         check_shim("llama_model_load_from_file", status)?;
         if let Some(state) = state {
             if let Some(message) = state.panic {
@@ -592,6 +594,13 @@ impl Model {
     pub fn n_embd(&self) -> u32 {
         // SAFETY: live model.
         unsafe { sys::llama_model_n_embd(self.as_ptr()) }.max(0) as u32
+    }
+
+    /// Width of an embeddings row ([`Context::embeddings`](crate::Context::embeddings)):
+    /// `<arch>.embedding_length_out` when the file sets it, else [`n_embd`](Self::n_embd).
+    pub fn n_embd_out(&self) -> u32 {
+        // SAFETY: live model.
+        unsafe { sys::llama_model_n_embd_out(self.as_ptr()) }.max(0) as u32
     }
 
     /// Number of layers.

@@ -48,7 +48,28 @@ pub fn backend_modules() -> Vec<BackendModule> {
 /// Loads one backend module file after checking its pin stamp; returns the
 /// backend's name. Loading a backend that is already loaded is refused (its
 /// devices would be listed twice).
-pub fn load_backend_module(path: impl AsRef<Path>) -> Result<String> {
+///
+/// # Safety
+///
+/// - No other thread may be using llama-rs (loading a model, creating a
+///   context, decoding, listing devices, ...) while this runs: the module is
+///   added to ggml's backend registry, which llama.cpp itself reads without a
+///   lock during model loading, context creation and device queries. Call it
+///   at start-up, before the threads that use models exist. (The modules
+///   found at [`init`](crate::init) are loaded inside its one-time
+///   initialisation, which every other entry point waits for: that needs
+///   nothing from the caller.)
+/// - The file's initialisation code runs in this process, as for any shared
+///   library (`libloading` makes loading `unsafe` for the same reason): it
+///   must be a ggml backend module you trust. The pin stamp check catches a
+///   module of another llama.cpp version, not a hostile file.
+///
+/// Calling it without `unsafe` does not compile:
+///
+/// ```compile_fail,E0133
+/// let _ = llama_rs::load_backend_module("libggml-cuda.so");
+/// ```
+pub unsafe fn load_backend_module(path: impl AsRef<Path>) -> Result<String> {
     crate::init();
     let _guard = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
     load_locked(path.as_ref())
@@ -56,7 +77,11 @@ pub fn load_backend_module(path: impl AsRef<Path>) -> Result<String> {
 
 /// Loads every module (`libggml-*.so`) of a folder; returns the backend names.
 /// Stops at the first module that fails.
-pub fn load_backend_dir(dir: impl AsRef<Path>) -> Result<Vec<String>> {
+///
+/// # Safety
+///
+/// As for [`load_backend_module`], for every module of the folder.
+pub unsafe fn load_backend_dir(dir: impl AsRef<Path>) -> Result<Vec<String>> {
     crate::init();
     let _guard = GLOBAL.lock().unwrap_or_else(|e| e.into_inner());
     module_files(dir.as_ref())?.iter().map(|p| load_locked(p)).collect()
@@ -153,10 +178,12 @@ fn check_and_load(path: &Path) -> Result<String> {
     if already {
         return Err(refuse("a module of that name is already loaded".into()));
     }
-    let cpath = crate::ffi::cstring("module path", &path.to_string_lossy())?;
+    let cpath = crate::gguf::path_cstring(path, "module path")?;
     clear_log_error();
-    // SAFETY: NUL-terminated path; called under the global lock that guards
-    // ggml's backend registry; the module was checked to be of this pin.
+    // SAFETY: NUL-terminated path; called from init's one-time
+    // initialisation or from load_backend_module, whose caller guarantees
+    // that no other thread uses llama.cpp (the registry is not locked by
+    // llama.cpp itself); the module was checked to be of this pin.
     let reg = unsafe { sys::ggml_backend_load(cpath.as_ptr()) };
     if reg.is_null() {
         return Err(refuse(log_error_or("ggml could not load it")));

@@ -2,7 +2,7 @@
 
 use crate::backend::{clear_log_error, log_error_or};
 use crate::error::{Error, Result};
-use crate::ffi::{check_shim, cstring};
+use crate::ffi::check_shim;
 use llama_sys as sys;
 use std::path::Path;
 
@@ -224,9 +224,10 @@ pub fn quantize(input: &Path, output: &Path, params: QuantizeParams) -> Result<(
             message: format!("the output {} is the input file: write to another path", output.display()),
         });
     }
-    crate::gguf::validate_model_file(input)?;
-    let cin = cstring("input path", &input.to_string_lossy())?;
-    let cout = cstring("output path", &output.to_string_lossy())?;
+    let mut file = crate::gguf::ModelFile::open(input)?;
+    crate::validate::validate(&mut file, &[])?;
+    let cin = file.c_path()?;
+    let cout = crate::gguf::path_cstring(output, "output path")?;
 
     // SAFETY: plain struct of defaults (no pointers set: no imatrix,
     // overrides or pruning).

@@ -21,7 +21,7 @@
 use crate::backend::{clear_log_error, log_error_or};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::ffi::{check_shim, cstring};
+use crate::ffi::{check_shim, cstring, try_with_capacity};
 use crate::model::Model;
 use crate::vocab::{Token, Vocab};
 use llama_sys as sys;
@@ -541,21 +541,21 @@ impl<'m> SamplerBuilder<'m> {
             self.check(step)?;
         }
 
+        let vocab = self.model.vocab();
+        let n_vocab = vocab.n_tokens().max(0) as usize;
+        let candidates = try_with_capacity(
+            n_vocab,
+            "sampler candidates",
+            n_vocab.saturating_mul(std::mem::size_of::<sys::llama_token_data>()),
+        )?;
         // SAFETY: plain struct of defaults.
         let mut params = unsafe { sys::llama_sampler_chain_default_params() };
         params.no_perf = self.no_perf;
         // SAFETY: creates an empty chain that we own.
         let chain = NonNull::new(unsafe { sys::llama_sampler_chain_init(params) })
             .ok_or_else(|| Error::Sampler { message: "llama.cpp could not create a sampler chain".into() })?;
-        let vocab = self.model.vocab();
-        let mut sampler = Sampler {
-            chain,
-            grammars: Vec::new(),
-            vocab,
-            n_vocab: vocab.n_tokens(),
-            candidates: Vec::with_capacity(vocab.n_tokens().max(0) as usize),
-            poisoned: false,
-        };
+        let mut sampler =
+            Sampler { chain, grammars: Vec::new(), vocab, n_vocab: vocab.n_tokens(), candidates, poisoned: false };
         for step in &self.steps {
             // On error `sampler` is dropped, which frees the chain and every
             // sampler added to it so far.

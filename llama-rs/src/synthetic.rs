@@ -1326,7 +1326,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.gguf");
         m.write(&path).unwrap();
-        crate::gguf::validate_model_file(&path).unwrap();
+        crate::validate::validate_model_file(&path).unwrap();
         let _guard = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
         let model = RawModel::load(&path);
         assert_eq!(model.n_vocab() as u32, m.shape.n_vocab);
@@ -1433,7 +1433,7 @@ pub(crate) mod tests {
         assert!(paths.windows(2).all(|w| w[0] == w[1]));
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1);
-        crate::gguf::validate_model_file(&paths[0]).unwrap();
+        crate::validate::validate_model_file(&paths[0]).unwrap();
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Tokens and the vocabulary: tokenize, detokenize, pieces, special tokens.
 
 use crate::error::{Error, Result};
-use crate::ffi::{check_shim, string_from_ptr};
+use crate::ffi::{check_shim, string_from_ptr, try_resize, written, Written};
 use llama_sys as sys;
 use std::marker::PhantomData;
 
@@ -192,7 +192,7 @@ impl<'m> Vocab<'m> {
         let start = out.len();
         let mut room = text.len() + 2;
         for _ in 0..2 {
-            out.resize(start + room, Token(0));
+            try_resize(out, start + room, Token(0), "token buffer")?;
             let mut n = 0i32;
             // SAFETY: text/len describe valid UTF-8 bytes; the output buffer has
             // `room` writable tokens (Token is repr(transparent) over i32);
@@ -213,17 +213,17 @@ impl<'m> Vocab<'m> {
                 out.truncate(start);
                 return Err(e);
             }
-            if n >= 0 {
-                out.truncate(start + n as usize);
-                return Ok(());
+            match written(n, room) {
+                Written::Fits(n) => {
+                    out.truncate(start + n);
+                    return Ok(());
+                }
+                Written::Grow(needed) => room = needed,
+                Written::Broken => break,
             }
-            if n == i32::MIN {
-                break;
-            }
-            room = (-n) as usize;
         }
         out.truncate(start);
-        Err(Error::Tokenize { message: "the token count does not fit in i32".into() })
+        Err(Error::Tokenize { message: "llama_tokenize returned an unusable token count (more than i32::MAX?)".into() })
     }
 
     /// The bytes of a token's text, appended to `buf`; may be a partial UTF-8
@@ -233,7 +233,7 @@ impl<'m> Vocab<'m> {
         let start = buf.len();
         let mut room = 32usize;
         loop {
-            buf.resize(start + room, 0);
+            try_resize(buf, start + room, 0, "piece buffer")?;
             let mut n = 0i32;
             // SAFETY: token checked; the buffer has `room` writable bytes;
             // the shim catches exceptions.
@@ -252,15 +252,17 @@ impl<'m> Vocab<'m> {
                 buf.truncate(start);
                 return Err(e);
             }
-            if n >= 0 {
-                buf.truncate(start + n as usize);
-                return Ok(());
+            match written(n, room) {
+                Written::Fits(n) => {
+                    buf.truncate(start + n);
+                    return Ok(());
+                }
+                Written::Grow(needed) if room <= 1 << 20 => room = needed,
+                _ => {
+                    buf.truncate(start);
+                    return Err(Error::Tokenize { message: format!("token_to_piece failed for token {token}") });
+                }
             }
-            if (-n) as usize <= room || room > 1 << 20 {
-                buf.truncate(start);
-                return Err(Error::Tokenize { message: format!("token_to_piece failed for token {token}") });
-            }
-            room = (-n) as usize;
         }
     }
 
@@ -280,7 +282,8 @@ impl<'m> Vocab<'m> {
         }
         let n_tokens = i32::try_from(tokens.len())
             .map_err(|_| Error::Tokenize { message: format!("{} tokens is more than i32::MAX", tokens.len()) })?;
-        let mut buf = vec![0u8; tokens.len() * 8 + 16];
+        let mut buf = Vec::new();
+        try_resize(&mut buf, tokens.len().saturating_mul(8).saturating_add(16), 0, "text buffer")?;
         for _ in 0..2 {
             let mut n = 0i32;
             // SAFETY: every id checked; buffer of buf.len() writable bytes
@@ -298,17 +301,19 @@ impl<'m> Vocab<'m> {
                 )
             };
             check_shim("llama_detokenize", status)?;
-            if n >= 0 {
-                buf.truncate(n as usize);
-                return Ok(
-                    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-                );
+            match written(n, buf.len()) {
+                Written::Fits(n) => {
+                    buf.truncate(n);
+                    return Ok(
+                        String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+                    );
+                }
+                Written::Grow(needed) => try_resize(&mut buf, needed, 0, "text buffer")?,
+                Written::Broken => break,
             }
-            if n == i32::MIN {
-                break;
-            }
-            buf.resize((-n) as usize, 0);
         }
-        Err(Error::Tokenize { message: "detokenized text does not fit in i32".into() })
+        Err(Error::Tokenize {
+            message: "llama_detokenize returned an unusable length (text longer than i32::MAX?)".into(),
+        })
     }
 }

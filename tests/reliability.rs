@@ -1,0 +1,315 @@
+//! The no-crash promise against real model files, hostile sizes and the
+//! process environment (issue "Reliability, round two"): each case here
+//! killed the process, read past a buffer or raced before its fix. Cases whose
+//! old behaviour was an abort run in a child process (`run_in_child`), and
+//! the parent asserts that the child exited normally.
+//!
+//! The real model is SmolLM2-135M-Instruct Q4_1 (`scripts/fetch-model`).
+
+mod common;
+
+use common::edit::Edit;
+use common::{assert_child_ok, in_child, real_model, real_model_path, run_in_child, temp_dir, tiny, tiny_path};
+use llama_rs::synthetic::VocabKind;
+use llama_rs::{sys, Batch, ContextParams, Error, KvOverride, Model, ModelParams, Token, MAX_POS};
+use std::path::{Path, PathBuf};
+
+/// A context small enough for the tests, one thread.
+fn params() -> ContextParams {
+    ContextParams::default().n_ctx(256).n_batch(64).threads(1)
+}
+
+/// The error of a load that must be refused, with its message.
+fn refused(path: &Path, params: ModelParams) -> String {
+    match Model::load_with(path, params) {
+        Err(Error::InvalidModel { message, .. }) => message,
+        Err(other) => panic!("{}: expected InvalidModel, got {other}", path.display()),
+        Ok(m) => panic!("{}: loaded (n_embd {}), expected a refusal", path.display(), m.n_embd()),
+    }
+}
+
+/// Decodes `n` tokens in sequence 0 with only the last one marked as an
+/// output, in an embeddings context of `model`, and returns every row's
+/// embedding.
+fn embed_rows(model: &Model, n: i32) -> Vec<Vec<f32>> {
+    let mut ctx = model.new_context(params().embeddings(true)).unwrap();
+    let mut b = Batch::new(n as usize, 1).unwrap();
+    for i in 0..n {
+        b.add(Token(10 + i), i, &[0], i == n - 1).unwrap();
+    }
+    ctx.decode(&mut b).unwrap();
+    (0..n).map(|i| ctx.embeddings(i).unwrap().to_vec()).collect()
+}
+
+fn edited(name: &str, source: &Path, edit: impl FnOnce(Edit) -> Edit) -> PathBuf {
+    let dir = temp_dir(&format!("reliability-{name}"));
+    edit(Edit::open(source)).write(&dir.join(format!("{name}.gguf")))
+}
+
+/// Item 1: `<arch>.embedding_length_out` larger than `n_embd`: decoding in an
+/// embeddings context aborted in ggml's tensor-get bounds assert. Refused now,
+/// naming the key, the value and the range.
+#[test]
+fn embedding_length_out_above_n_embd_is_refused() {
+    const NAME: &str = "embedding_length_out_above_n_embd_is_refused";
+    if in_child(NAME) {
+        for source in [tiny_path(VocabKind::Spm), real_model_path()] {
+            let n_embd = Edit::open(&source).get_u32("llama.embedding_length");
+            let bad = edited("embd-out-big", &source, |e| e.u32("llama.embedding_length_out", 2 * n_embd));
+            let msg = refused(&bad, ModelParams::default().n_gpu_layers(Some(0)));
+            assert!(msg.contains("llama.embedding_length_out") && msg.contains(&(2 * n_embd).to_string()), "{msg}");
+            println!("refused: {msg}");
+        }
+        // The same value as a load-time override: refused as well.
+        let p = ModelParams::default().kv_override("llama.embedding_length_out", KvOverride::Int(1 << 20));
+        let msg = refused(&tiny_path(VocabKind::Spm), p);
+        assert!(msg.contains("llama.embedding_length_out"), "{msg}");
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Items 1 and 9: a smaller `embedding_length_out`: rows are `n_embd_out` floats (the
+/// safe API handed out `n_embd` and read past the buffer), and every row of an
+/// embeddings context is an output, marked or not (the bookkeeping refused
+/// rows that exist).
+#[test]
+fn embeddings_rows_are_n_embd_out_wide_and_all_present() {
+    for source in [tiny_path(VocabKind::Spm), real_model_path()] {
+        let n_embd = Edit::open(&source).get_u32("llama.embedding_length");
+        let plain = Model::load_with(&source, ModelParams::default().n_gpu_layers(Some(0))).unwrap();
+        assert_eq!(plain.n_embd_out(), n_embd);
+        let rows = embed_rows(&plain, 5);
+        assert!(rows.iter().all(|r| r.len() == n_embd as usize && r.iter().all(|x| x.is_finite())));
+        // Different tokens, different rows: real data, not one row repeated.
+        assert_ne!(rows[0], rows[4]);
+
+        let out = n_embd / 2;
+        let narrow = edited("embd-out-small", &source, |e| e.u32("llama.embedding_length_out", out));
+        let m = Model::load_with(&narrow, ModelParams::default().n_gpu_layers(Some(0))).unwrap();
+        assert_eq!((m.n_embd(), m.n_embd_out()), (n_embd, out));
+        let rows = embed_rows(&m, 5);
+        assert!(rows.iter().all(|r| r.len() == out as usize), "{:?}", rows.iter().map(Vec::len).collect::<Vec<_>>());
+    }
+}
+
+/// Item 2: `<arch>.pooling_type` outside llama.cpp's enum: creating an embeddings
+/// context aborted ("unknown pooling type", `llama-graph.cpp`). Refused now,
+/// from the file and from an override; every value of the enum works.
+#[test]
+fn pooling_type_outside_the_enum_is_refused() {
+    const NAME: &str = "pooling_type_outside_the_enum_is_refused";
+    if in_child(NAME) {
+        let bad = edited("pooling9", &tiny_path(VocabKind::Spm), |e| e.u32("llama.pooling_type", 9));
+        let msg = refused(&bad, ModelParams::default());
+        assert!(msg.contains("llama.pooling_type = 9"), "{msg}");
+        println!("refused: {msg}");
+        for v in [5, -2, i64::from(u32::MAX)] {
+            let p = ModelParams::default().n_gpu_layers(Some(0)).kv_override("llama.pooling_type", KvOverride::Int(v));
+            let msg = refused(&real_model_path(), p);
+            assert!(msg.contains("llama.pooling_type"), "{v}: {msg}");
+        }
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+#[test]
+fn every_pooling_type_of_the_enum_runs() {
+    // none, mean, cls, last, rank (LLAMA_POOLING_TYPE_*, include/llama.h).
+    for v in 0..=4u32 {
+        let path = edited(&format!("pooling{v}"), &tiny_path(VocabKind::Spm), |e| e.u32("llama.pooling_type", v));
+        let m = Model::load(&path).unwrap();
+        let mut ctx = m.new_context(params().embeddings(true)).unwrap();
+        let mut b = Batch::new(4, 1).unwrap();
+        b.add_sequence(&[Token(3), Token(4), Token(5), Token(6)], 0, 0, true).unwrap();
+        ctx.decode(&mut b).unwrap_or_else(|e| panic!("pooling {v}: {e}"));
+    }
+}
+
+/// Item 3: `Batch::new(i32::MAX as usize, 256)` aborted on allocation failure.
+/// Every buffer sized by a caller's value is reserved fallibly.
+#[test]
+fn huge_batch_is_an_error() {
+    const NAME: &str = "huge_batch_is_an_error";
+    if in_child(NAME) {
+        // About 2.2 TB: no machine of ours has it. (With the kernel's
+        // overcommit set to "always" the reservation succeeds untouched.)
+        let overcommit_always =
+            std::fs::read_to_string("/proc/sys/vm/overcommit_memory").is_ok_and(|s| s.trim() == "1");
+        match Batch::new(i32::MAX as usize, 256) {
+            Err(Error::OutOfMemory { what: "batch buffers", bytes }) => assert!(bytes > 1 << 40, "{bytes}"),
+            Ok(b) if overcommit_always => assert_eq!(b.capacity(), i32::MAX as usize),
+            other => panic!("{other:?}"),
+        }
+        match Batch::new(i32::MAX as usize + 1, 1) {
+            Err(Error::InvalidParam { name: "batch capacity", .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Tokenizing, detokenizing and formatting: buffers grow fallibly too
+        // (the sizes here are fine; the point is that they work unchanged).
+        let v = tiny().vocab();
+        let toks = v.tokenize("hello world", true, false).unwrap();
+        assert!(!toks.is_empty());
+        assert!(!v.detokenize(&toks, false, false).unwrap().is_empty());
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Item 4: ggml's aborts reach `tracing` (and stderr, as the process ends) through
+/// `ggml_set_abort_callback`; llama-rs no longer sets `GGML_NO_BACKTRACE` in
+/// the environment (a `set_var` racing other threads' `getenv`). The child
+/// plants an abort through the raw API and must die of SIGABRT after logging.
+#[test]
+fn aborts_go_to_tracing_and_the_environment_is_untouched() {
+    const NAME: &str = "aborts_go_to_tracing_and_the_environment_is_untouched";
+    if in_child(NAME) {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing_subscriber::filter::LevelFilter::ERROR)
+            .init();
+        llama_rs::init();
+        assert!(std::env::var_os("GGML_NO_BACKTRACE").is_none(), "llama-rs changed the environment");
+        println!("environment untouched");
+        // SAFETY: deliberately aborts this child process (the test's point);
+        // NUL-terminated file name and format without conversions.
+        unsafe { sys::ggml_abort(c"planted.c".as_ptr(), 7, c"planted abort %s".as_ptr(), c"here".as_ptr()) };
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([NAME, "--exact", "--nocapture", "--test-threads=1"]).env("LLAMA_RS_CHILD", NAME);
+    let out = cmd.env_remove("GGML_NO_BACKTRACE").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(6), "expected SIGABRT: {:?}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("environment untouched"), "{stdout}");
+    assert!(stderr.contains("ggml abort: planted.c:7: planted abort here"), "tracing line missing: {stderr}");
+    assert!(stderr.contains("llama.cpp aborted the process: planted.c:7: planted abort here"), "{stderr}");
+}
+
+/// Item 6: a non-UTF-8 path: the validator read the raw bytes but llama.cpp was
+/// given the lossy name, another file. Now both open the same file. The decoy
+/// at the lossy name would abort llama.cpp if it were loaded.
+#[test]
+fn the_validated_file_is_the_loaded_file() {
+    const NAME: &str = "the_validated_file_is_the_loaded_file";
+    if in_child(NAME) {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = temp_dir("reliability-paths");
+        let real = dir.join(std::ffi::OsStr::from_bytes(b"model-\xff.gguf"));
+        std::fs::copy(tiny_path(VocabKind::Spm), &real).unwrap();
+        let lossy = PathBuf::from(real.to_string_lossy().into_owned());
+        assert_ne!(real, lossy);
+        Edit::open(&real).u32("llama.block_count", 0).str("general.name", "decoy").write(&lossy);
+        let m = Model::load(&real).unwrap();
+        assert_ne!(m.meta("general.name").as_deref(), Some("decoy"));
+        assert_eq!(m.n_layer(), 2);
+        let mut ctx = m.new_context(params()).unwrap();
+        let mut b = Batch::new(1, 1).unwrap();
+        b.add(Token(5), 0, &[0], true).unwrap();
+        ctx.decode(&mut b).unwrap();
+        // The decoy itself is refused by name.
+        assert!(refused(&lossy, ModelParams::default()).contains("block_count = 0"));
+        println!("loaded the validated file");
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Load-time overrides reach llama.cpp's loader after the validator: they
+/// are validated with the file (an override of `block_count` to 0 aborted).
+#[test]
+fn overrides_are_validated_like_the_file() {
+    const NAME: &str = "overrides_are_validated_like_the_file";
+    if in_child(NAME) {
+        let path = tiny_path(VocabKind::Spm);
+        for (key, value, expect) in [
+            ("llama.block_count", KvOverride::Int(0), "llama.block_count = 0"),
+            ("llama.block_count", KvOverride::Int(1 << 32), "llama.block_count = 0"),
+            ("llama.expert_count", KvOverride::Int(2000), "llama.expert_count = 2000"),
+            ("llama.rope.scaling.type", KvOverride::Str("dynamic".into()), "llama.rope.scaling.type"),
+            ("llama.attention.layer_norm_rms_epsilon", KvOverride::Float(-1.0), "layer_norm_rms_epsilon"),
+        ] {
+            let msg = refused(&path, ModelParams::default().kv_override(key, value.clone()));
+            assert!(msg.contains(expect), "{key} = {value:?}: {msg}");
+        }
+        // An unknown architecture is llama.cpp's own clean refusal (it throws).
+        let p = ModelParams::default().kv_override("general.architecture", KvOverride::Str("no-such-arch".into()));
+        match Model::load_with(&path, p) {
+            Err(Error::ModelLoad { .. }) => {}
+            other => panic!("unknown architecture: {other:?}"),
+        }
+        // llama.cpp keeps the first override of a key; so does the check.
+        let p = ModelParams::default()
+            .kv_override("llama.block_count", KvOverride::Int(0))
+            .kv_override("llama.block_count", KvOverride::Int(2));
+        assert!(refused(&path, p).contains("llama.block_count = 0"));
+        // An override of another type than the key's is ignored by llama.cpp
+        // (a warning), so the file's value counts.
+        let m =
+            Model::load_with(&path, ModelParams::default().kv_override("llama.block_count", KvOverride::Float(0.0)))
+                .unwrap();
+        assert_eq!(m.n_layer(), 2);
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Item 7: positions are bounded by `MAX_POS`, in batches and in shifts, so that
+/// llama.cpp's `i32` position arithmetic cannot overflow.
+#[test]
+fn positions_and_shifts_are_bounded() {
+    let mut b = Batch::new(4, 1).unwrap();
+    for bad in [MAX_POS + 1, i32::MAX, -1] {
+        assert!(matches!(b.add(Token(1), bad, &[0], true), Err(Error::InvalidParam { name: "position", .. })));
+        assert!(matches!(
+            b.add_sequence(&[Token(1), Token(2)], bad, 0, true),
+            Err(Error::InvalidParam { name: "position", .. })
+        ));
+    }
+    assert!(b.is_empty());
+    b.add(Token(1), MAX_POS, &[0], true).unwrap();
+
+    let m = tiny();
+    let mut ctx = m.new_context(params()).unwrap();
+    let mut b = Batch::new(1, 1).unwrap();
+    b.add(Token(5), 7, &[0], true).unwrap();
+    ctx.decode(&mut b).unwrap();
+    for delta in [i32::MAX, MAX_POS + 1, i32::MIN, MAX_POS - 7 + 1] {
+        match ctx.seq_add(Some(0), .., delta) {
+            Err(Error::InvalidParam { name: "position delta", .. }) => {}
+            other => panic!("seq_add by {delta}: {other:?}"),
+        }
+        assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(7), "a refused shift changed nothing");
+    }
+    // Up to MAX_POS exactly, then back down.
+    ctx.seq_add(Some(0), .., MAX_POS - 7).unwrap();
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(MAX_POS));
+    ctx.seq_add(None, .., -(MAX_POS - 7)).unwrap();
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(7));
+    // Ranges beyond the bound are refused too.
+    assert!(ctx.seq_rm(Some(0), 0..i32::MAX).is_err());
+    assert!(ctx.seq_rm(Some(0), 0..=MAX_POS).unwrap());
+}
+
+/// The real model as a new user meets it: generate, embeddings, the chat
+/// template; no abort anywhere (the test process surviving is the check).
+#[test]
+fn the_real_model_works_end_to_end() {
+    let m = real_model();
+    assert_eq!(m.architecture(), "llama");
+    assert_eq!((m.n_embd(), m.n_embd_out(), m.n_layer()), (576, 576, 30));
+    let rows = embed_rows(m, 3);
+    assert!(rows.iter().all(|r| r.len() == 576));
+    let mut ctx = m.new_context(params()).unwrap();
+    let toks = m.vocab().tokenize("The capital of France is", true, false).unwrap();
+    let mut b = Batch::new(toks.len(), 1).unwrap();
+    b.add_sequence(&toks, 0, 0, true).unwrap();
+    ctx.decode(&mut b).unwrap();
+    let logits = ctx.logits(ctx.last_output().unwrap()).unwrap();
+    assert_eq!(logits.len(), m.vocab().n_tokens() as usize);
+    let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+    let piece = String::from_utf8_lossy(&m.vocab().token_to_piece(Token(best as i32), false).unwrap()).into_owned();
+    assert_eq!(piece.trim(), "Paris", "greedy next token of SmolLM2");
+}
