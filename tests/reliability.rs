@@ -313,3 +313,117 @@ fn the_real_model_works_end_to_end() {
     let piece = String::from_utf8_lossy(&m.vocab().token_to_piece(Token(best as i32), false).unwrap()).into_owned();
     assert_eq!(piece.trim(), "Paris", "greedy next token of SmolLM2");
 }
+
+/// Loads `path` and decodes a few tokens; the error of whichever step fails.
+fn load_and_decode(path: &Path) -> Result<(), Error> {
+    let m = Model::load_with(path, ModelParams::default().n_gpu_layers(Some(0)))?;
+    let mut ctx = m.new_context(params())?;
+    let mut b = Batch::new(4, 1)?;
+    b.add_sequence(&[Token(3), Token(4), Token(5), Token(6)], 0, 0, true)?;
+    ctx.decode(&mut b)
+}
+
+/// Found with the allow-list's cross-key notes: a sliding-window
+/// architecture whose pattern marks no layer as sliding-window aborted at
+/// context creation (`llama-model.cpp:2823`); the shim now checks the
+/// hyperparameters llama.cpp derived, right after the load.
+#[test]
+fn sliding_window_pattern_without_swa_layers_is_refused() {
+    const NAME: &str = "sliding_window_pattern_without_swa_layers_is_refused";
+    if in_child(NAME) {
+        let swa = |name: &str, pattern: &[i32]| {
+            edited(name, &tiny_path(VocabKind::Spm), |e| {
+                e.rename_arch("mimo2")
+                    .u32("mimo2.attention.sliding_window", 16)
+                    .u32("mimo2.expert_count", 2)
+                    .u32("mimo2.expert_used_count", 1)
+                    .u32("mimo2.expert_feed_forward_length", 32)
+                    .arr_i32("mimo2.attention.sliding_window_pattern", sys::GGUF_TYPE_INT32, pattern)
+            })
+        };
+        // With a sliding-window layer the check passes (this file then lacks
+        // that layer's extra tensors, which llama.cpp reports itself).
+        match load_and_decode(&swa("swa-one", &[1, 0])) {
+            Ok(()) | Err(Error::ModelLoad { .. }) => {}
+            other => panic!("one sliding-window layer: {other:?}"),
+        }
+        match load_and_decode(&swa("swa-none", &[0, 0])) {
+            Err(Error::InvalidModel { message, .. }) => {
+                assert!(message.contains("sliding_window_pattern"), "{message}");
+                println!("refused: {message}");
+            }
+            other => panic!("no sliding-window layer: {other:?}"),
+        }
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// M-RoPE sections all zero (or summing past the head size): ggml's rope
+/// kernel asserted at the first decode (`ggml-cpu/ops.cpp:6381`).
+#[test]
+fn mrope_sections_are_checked() {
+    const NAME: &str = "mrope_sections_are_checked";
+    if in_child(NAME) {
+        let mrope = |name: &str, sections: &[i32]| {
+            edited(name, &tiny_path(VocabKind::Spm), |e| {
+                e.rename_arch("qwen2vl").arr_i32("qwen2vl.rope.dimension_sections", sys::GGUF_TYPE_INT32, sections)
+            })
+        };
+        load_and_decode(&mrope("mrope-ok", &[2, 3, 3, 0])).expect("valid sections decode");
+        for (name, sections) in
+            [("mrope-zero", [0, 0, 0, 0]), ("mrope-big", [8, 8, 8, 0]), ("mrope-neg", [-4, 2, 2, 0])]
+        {
+            match load_and_decode(&mrope(name, &sections)) {
+                Err(Error::InvalidModel { message, .. }) => {
+                    assert!(message.contains("rope.dimension_sections"), "{name}: {message}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Every architecture of the pinned llama.cpp, given the tiny llama model's
+/// keys and tensors: each file is refused, or loads and then creates
+/// contexts (with and without embeddings) and decodes, or fails cleanly; none
+/// may abort. This sweep found the tensor loaders that assert experts
+/// (`smallthinker`, `llada-moe`). `LLAMA_RS_TEST_SCALE` thins it.
+#[test]
+fn every_architecture_is_refused_or_runs() {
+    const NAME: &str = "every_architecture_is_refused_or_runs";
+    let archs = llama_rs::supported_architectures();
+    assert!(archs.len() > 100 && archs.contains(&"llama") && archs.contains(&"qwen2"), "{archs:?}");
+    if in_child(NAME) {
+        let step = (1.0 / common::test_scale()).round().max(1.0) as usize;
+        let dir = temp_dir("reliability-archs");
+        let (mut loaded, mut decoded) = (0, 0);
+        for arch in archs.iter().step_by(step) {
+            println!("architecture {arch}");
+            let path =
+                Edit::open(&tiny_path(VocabKind::Spm)).rename_arch(arch).write(&dir.join(format!("{arch}.gguf")));
+            let Ok(m) = Model::load_with(&path, ModelParams::default().n_gpu_layers(Some(0))) else { continue };
+            loaded += 1;
+            for embeddings in [false, true] {
+                let Ok(mut ctx) = m.new_context(params().embeddings(embeddings)) else { continue };
+                let mut b = Batch::new(2, 1).unwrap();
+                b.add_sequence(&[Token(3), Token(4)], 0, 0, true).unwrap();
+                if ctx.decode(&mut b).is_ok() {
+                    decoded += 1;
+                    let _ = (ctx.logits(1).map(|l| l.len()), ctx.embeddings(1).map(|e| e.len()));
+                }
+            }
+        }
+        println!("architectures: {} tried, {loaded} loaded, {decoded} contexts decoded", archs.len().div_ceil(step));
+        assert!(loaded >= 10 && decoded >= 10, "{loaded} loaded, {decoded} decoded");
+        return;
+    }
+    let out = run_in_child(NAME);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with("architecture ")).unwrap_or("(none)");
+    assert!(out.status.success(), "child died at {last}: {:?}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_child_ok(NAME, &out);
+    eprintln!("{}", stdout.lines().find(|l| l.starts_with("architectures:")).unwrap_or(""));
+}

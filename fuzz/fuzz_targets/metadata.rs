@@ -18,10 +18,7 @@ fn seeds() -> &'static [Seed] {
             models.push(SyntheticModel::new(micro_shape(vocab, WeightType::F32)).vocab(vocab).seed(SEED));
             models.push(tiny_model(vocab));
         }
-        models
-            .iter()
-            .map(|m| Seed::open(&m.write_cached(fixture_dir()).expect("write a seed model")))
-            .collect()
+        models.iter().map(|m| Seed::open(&m.write_cached(fixture_dir()).expect("write a seed model"))).collect()
     })
 }
 

@@ -45,6 +45,10 @@ pub enum NewValue {
     Resize(u16),
     /// The key removed.
     Remove,
+    /// The whole model relabelled: `general.architecture` set to one of the
+    /// pinned llama.cpp's architectures and every `<old>.` key renamed to
+    /// `<new>.` (the key index is ignored).
+    Architecture(u8),
 }
 
 /// One fuzz input: which seed, which changes, which context.
@@ -88,9 +92,38 @@ pub const EDGES: [i64; 24] = [
 /// Strings for string keys: architectures, tokenizer models and
 /// pre-tokenizers, RoPE scaling types, pooling names, nonsense.
 pub const WORDS: [&str; 20] = [
-    "", "llama", "qwen2", "gemma3", "bert", "t5", "rwkv6", "mamba", "gpt2", "spm", "ugm", "rwkv", "plamo2", "none",
-    "no", "linear", "yarn", "longrope", "dynamic", "\u{e9}\u{1F600}",
+    "",
+    "llama",
+    "qwen2",
+    "gemma3",
+    "bert",
+    "t5",
+    "rwkv6",
+    "mamba",
+    "gpt2",
+    "spm",
+    "ugm",
+    "rwkv",
+    "plamo2",
+    "none",
+    "no",
+    "linear",
+    "yarn",
+    "longrope",
+    "dynamic",
+    "\u{e9}\u{1F600}",
 ];
+
+/// The architectures of the pinned llama.cpp, from the generated table.
+fn architectures() -> &'static [String] {
+    static ARCHS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    ARCHS.get_or_init(|| {
+        let table = include_str!("../../llama-rs/src/hparams_table.rs");
+        let start = table.find("ARCHITECTURES: &[&str] = &[").expect("ARCHITECTURES in the table");
+        let list = &table[start..start + table[start..].find("];").expect("end of ARCHITECTURES")];
+        list.split('"').skip(1).step_by(2).map(str::to_string).collect()
+    })
+}
 
 /// The allow-list's keys, from the generated table of the library
 /// (`{arch}` stands for the architecture).
@@ -98,12 +131,8 @@ fn table_keys() -> &'static [String] {
     static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| {
         let table = include_str!("../../llama-rs/src/hparams_table.rs");
-        let mut keys: Vec<String> = table
-            .split("key: \"")
-            .skip(1)
-            .filter_map(|rest| rest.split('"').next())
-            .map(str::to_string)
-            .collect();
+        let mut keys: Vec<String> =
+            table.split("key: \"").skip(1).filter_map(|rest| rest.split('"').next()).map(str::to_string).collect();
         keys.sort();
         keys.dedup();
         keys
@@ -235,6 +264,67 @@ impl Meta {
                 NewValue::Remove => {
                     sys::gguf_remove_key(p, k);
                 }
+                NewValue::Architecture(i) => {
+                    let archs = architectures();
+                    self.relabel(&archs[usize::from(*i) % archs.len()]);
+                }
+            }
+        }
+    }
+    /// Sets `general.architecture` to `arch` and renames every key of the
+    /// old architecture's prefix.
+    fn relabel(&self, arch: &str) {
+        let old = self.arch();
+        let prefix = format!("{old}.");
+        for key in self.keys() {
+            let Some(rest) = key.strip_prefix(&prefix) else { continue };
+            let (Ok(from), Ok(to)) = (CString::new(key.as_str()), CString::new(format!("{arch}.{rest}"))) else {
+                continue;
+            };
+            self.copy_value(&from, &to);
+            // SAFETY: valid context and NUL-terminated key.
+            unsafe { sys::gguf_remove_key(self.ptr(), from.as_ptr()) };
+        }
+        let a = CString::new(arch).unwrap();
+        // SAFETY: valid context, NUL-terminated strings (copied).
+        unsafe { sys::gguf_set_val_str(self.ptr(), c"general.architecture".as_ptr(), a.as_ptr()) };
+    }
+    /// Copies the value of `from` to the key `to` (same type).
+    fn copy_value(&self, from: &CStr, to: &CStr) {
+        let (p, id) = (self.ptr(), self.id(from));
+        if id < 0 {
+            return;
+        }
+        // SAFETY: each getter is called on its own type; arrays are copied
+        // with their own element type and length; setters copy.
+        unsafe {
+            let t = to.as_ptr();
+            match sys::gguf_get_kv_type(p, id) {
+                sys::GGUF_TYPE_UINT32 => sys::gguf_set_val_u32(p, t, sys::gguf_get_val_u32(p, id)),
+                sys::GGUF_TYPE_INT32 => sys::gguf_set_val_i32(p, t, sys::gguf_get_val_i32(p, id)),
+                sys::GGUF_TYPE_FLOAT32 => sys::gguf_set_val_f32(p, t, sys::gguf_get_val_f32(p, id)),
+                sys::GGUF_TYPE_BOOL => sys::gguf_set_val_bool(p, t, sys::gguf_get_val_bool(p, id)),
+                sys::GGUF_TYPE_UINT64 => sys::gguf_set_val_u64(p, t, sys::gguf_get_val_u64(p, id)),
+                sys::GGUF_TYPE_STRING => {
+                    let v = CString::from(CStr::from_ptr(sys::gguf_get_val_str(p, id)));
+                    sys::gguf_set_val_str(p, t, v.as_ptr())
+                }
+                sys::GGUF_TYPE_ARRAY => {
+                    let at = sys::gguf_get_arr_type(p, id);
+                    let n = sys::gguf_get_arr_n(p, id);
+                    if at == sys::GGUF_TYPE_STRING {
+                        let v: Vec<CString> =
+                            (0..n).map(|i| CStr::from_ptr(sys::gguf_get_arr_str(p, id, i)).into()).collect();
+                        let mut ptrs: Vec<*const std::os::raw::c_char> = v.iter().map(|s| s.as_ptr()).collect();
+                        sys::gguf_set_arr_str(p, t, ptrs.as_mut_ptr(), n);
+                    } else {
+                        // The data stays owned by `p` until the setter has copied it.
+                        let data = sys::gguf_get_arr_data(p, id).cast::<u8>();
+                        let copy = std::slice::from_raw_parts(data, n * type_size(at)).to_vec();
+                        sys::gguf_set_arr_data(p, t, at, copy.as_ptr().cast(), n);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -261,13 +351,10 @@ impl Meta {
                 sys::gguf_set_arr_str(self.ptr(), key.as_ptr(), ptrs.as_mut_ptr(), ptrs.len());
                 return;
             }
-            let size = match t {
-                sys::GGUF_TYPE_UINT8 | sys::GGUF_TYPE_INT8 | sys::GGUF_TYPE_BOOL => 1,
-                sys::GGUF_TYPE_UINT16 | sys::GGUF_TYPE_INT16 => 2,
-                sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 | sys::GGUF_TYPE_FLOAT32 => 4,
-                sys::GGUF_TYPE_UINT64 | sys::GGUF_TYPE_INT64 | sys::GGUF_TYPE_FLOAT64 => 8,
-                _ => return,
-            };
+            let size = type_size(t);
+            if size == 0 {
+                return;
+            }
             let data = sys::gguf_get_arr_data(self.ptr(), id).cast::<u8>();
             let old = std::slice::from_raw_parts(data, n * size).to_vec();
             let mut new = Vec::with_capacity(len * size);
@@ -290,14 +377,26 @@ impl Meta {
     }
 }
 
+/// Bytes of one element of a numeric GGUF type (0 for others).
+fn type_size(t: sys::gguf_type) -> usize {
+    match t {
+        sys::GGUF_TYPE_UINT8 | sys::GGUF_TYPE_INT8 | sys::GGUF_TYPE_BOOL => 1,
+        sys::GGUF_TYPE_UINT16 | sys::GGUF_TYPE_INT16 => 2,
+        sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 | sys::GGUF_TYPE_FLOAT32 => 4,
+        sys::GGUF_TYPE_UINT64 | sys::GGUF_TYPE_INT64 | sys::GGUF_TYPE_FLOAT64 => 8,
+        _ => 0,
+    }
+}
+
 /// Builds the mutated file for `input` from `seed` at `scratch`; false if
 /// the seed's metadata could not be reopened.
 pub fn write_mutated(seed: &Seed, input: &Input, scratch: &Path) -> bool {
     let Some(meta) = Meta::open(&seed.path) else { return false };
-    let arch = meta.arch();
-    let mut keys = meta.keys();
-    keys.extend(table_keys().iter().map(|k| k.replace("{arch}", &arch)));
     for m in input.mutations.iter().take(8) {
+        // The keys after the changes so far (an architecture change renames).
+        let arch = meta.arch();
+        let mut keys = meta.keys();
+        keys.extend(table_keys().iter().map(|k| k.replace("{arch}", &arch)));
         let key = &keys[usize::from(m.key) % keys.len()];
         let Ok(key) = CString::new(key.as_str()) else { continue };
         meta.apply(&key, &m.value);

@@ -70,7 +70,15 @@ pub(crate) struct Rule {
 
 #[path = "hparams_table.rs"]
 mod table;
-pub(crate) use table::RULES;
+pub(crate) use table::{ARCHITECTURES, EXPERTS_REQUIRED, RULES};
+
+/// The model architectures (`general.architecture` values) of the pinned
+/// llama.cpp, sorted; a file of another architecture is refused by llama.cpp
+/// ("unknown model architecture"). Generated from the tree with the
+/// allow-list.
+pub fn supported_architectures() -> &'static [&'static str] {
+    ARCHITECTURES
+}
 
 use crate::error::Result;
 use crate::gguf::{Gguf, Value};

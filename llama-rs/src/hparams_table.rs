@@ -3,6 +3,38 @@
 
 use super::{Accept, Kind, Read, Rule};
 
+/// Every architecture name the tree knows (`LLM_ARCH_NAMES`, `src/llama-arch.cpp`).
+#[rustfmt::skip]
+pub(crate) const ARCHITECTURES: &[&str] = &[
+    "afmoe", "apertus", "arcee", "arctic", "arwkv7", "baichuan", "bailingmoe", "bailingmoe2", "bailingmoe3", "bert",
+    "bitnet", "bloom", "chameleon", "chatglm", "clef", "clip", "codeshell", "cogvlm", "cohere2", "cohere2moe",
+    "command-r", "dbrx", "deci", "deepseek", "deepseek2", "deepseek2-ocr", "deepseek32", "deepseek4", "dflash",
+    "dots1", "dots3note", "dream", "eagle3", "ernie4_5", "ernie4_5-moe", "eurobert", "exaone", "exaone-moe", "exaone4",
+    "falcon", "falcon-h1", "gemma", "gemma-embedding", "gemma2", "gemma3", "gemma3n", "gemma4", "gemma4-assistant",
+    "glm-dsa", "glm4", "glm4moe", "glm5-next", "gpt-oss", "gpt2", "gptj", "gptneox", "granite", "granite_swa",
+    "granitehybrid", "granitemoe", "graniteswitch", "grok", "grovemoe", "hrm_text", "hunyuan-dense", "hunyuan-moe",
+    "hunyuan_vl", "hy_v3", "hy_v4", "internlm2", "jais", "jais2", "jamba", "jina-bert-v2", "jina-bert-v3", "kimi-k3",
+    "kimi-linear", "laguna", "lfm2", "lfm2moe", "llada", "llada-moe", "llama", "llama-embed", "llama4", "maincoder",
+    "mamba", "mamba2", "maple", "mellum", "mimo2", "minicpm", "minicpm3", "minimax-01", "minimax-m2", "minimax-m3",
+    "mistral3", "mistral4", "modern-bert", "mpt", "muse-glimmer", "nanbeige", "nemotron", "nemotron_h",
+    "nemotron_h_moe", "neo-bert", "nomic-bert", "nomic-bert-moe", "olmo", "olmo2", "olmoe", "openelm", "orion",
+    "paddleocr", "pangu-embedded", "phi2", "phi3", "phimoe", "plamo", "plamo2", "plamo3", "plm", "pockettts", "qwen",
+    "qwen2", "qwen2moe", "qwen2vl", "qwen3", "qwen35", "qwen35moe", "qwen3moe", "qwen3next", "qwen3tts", "qwen3vl",
+    "qwen3vlmoe", "qwen4exp", "refact", "rnd1", "rwkv6", "rwkv6qwen2", "rwkv7", "seed_oss", "smallthinker", "smollm3",
+    "spark2_5", "stablelm", "starcoder", "starcoder2", "step35", "t5", "t5encoder", "talkie", "wavtokenizer-dec",
+    "xverse",
+];
+
+/// Architectures whose tensor loader asserts `n_expert > 0` (and the assert).
+#[rustfmt::skip]
+pub(crate) const EXPERTS_REQUIRED: &[(&str, &str)] = &[
+    ("bailingmoe2", "src/models/bailingmoe2.cpp:32"),
+    ("glm4moe", "src/models/glm4-moe.cpp:42"),
+    ("grovemoe", "src/models/grovemoe.cpp:29"),
+    ("llada-moe", "src/models/llada-moe.cpp:25"),
+    ("smallthinker", "src/models/smallthinker.cpp:54"),
+];
+
 #[rustfmt::skip]
 pub(crate) const RULES: &[Rule] = &[
     // read: src/llama-model-loader.cpp:576 src/llama-model-loader.cpp:695 src/llama-model-loader.cpp:713

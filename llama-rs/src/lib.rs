@@ -38,6 +38,7 @@ pub use context::{Context, ContextParams, FlashAttention, KvType, PerfContext};
 pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
+pub use hparams::supported_architectures;
 pub use memory::{
     all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
     FitParams, INTERNAL_ALL_REDUCE_RESERVE, NCCL_RESERVE,

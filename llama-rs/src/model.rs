@@ -510,6 +510,13 @@ impl Model {
             path: path.clone(),
             message: log_error_or("llama.cpp returned no model"),
         })?;
+        if !params.vocab_only {
+            if let Err(message) = check_loaded(ptr) {
+                // SAFETY: the model just loaded, owned here, freed once.
+                unsafe { sys::llama_model_free(ptr.as_ptr()) };
+                return Err(Error::InvalidModel { path, message });
+            }
+        }
         Ok(Model {
             ptr,
             path,
@@ -669,6 +676,23 @@ impl Drop for Model {
         // SAFETY: every Context borrows the model, so none is alive now; the
         // pointer came from llama_model_load_from_file and is freed once.
         unsafe { sys::llama_model_free(self.as_ptr()) };
+    }
+}
+
+/// The shim's check of the hyperparameters as llama.cpp derived them
+/// (sliding-window layers, M-RoPE sections, Mamba-2 and RWKV6 head splits):
+/// combinations that abort at context creation or the first decode, which
+/// depend on per-architecture defaults the metadata validator cannot see.
+fn check_loaded(model: NonNull<sys::llama_model>) -> std::result::Result<(), String> {
+    let mut why = [0 as std::os::raw::c_char; 512];
+    // SAFETY: live model; the buffer has why.len() writable bytes and is
+    // NUL-terminated by the shim (snprintf); the shim catches exceptions.
+    let status = unsafe { sys::llama_rs_model_check(model.as_ptr(), why.as_mut_ptr(), why.len()) };
+    match status {
+        0 => Ok(()),
+        // SAFETY: NUL-terminated by the shim within the buffer.
+        1 => Err(unsafe { crate::ffi::string_from_ptr(why.as_ptr()) }),
+        _ => Err(format!("checking the loaded hyperparameters threw: {}", crate::ffi::last_exception())),
     }
 }
 

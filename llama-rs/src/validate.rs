@@ -246,7 +246,64 @@ pub(crate) fn validate(file: &mut ModelFile, overrides: &[(String, KvOverride)])
         }
     }
 
+    validate_arch_relations(&g, &arch, n_layer)?;
     validate_vocab(&g)
+}
+
+/// Relations between keys that one architecture's `load_arch_hparams`
+/// asserts while the model loads (after the allow-list has checked each key
+/// alone).
+fn validate_arch_relations(g: &Gguf, arch: &str, n_layer: u32) -> Result<()> {
+    let k = |suffix: &str| format!("{arch}.{suffix}");
+    // Tensor loaders that assert experts: unconditionally for the listed
+    // architectures (scripts/hparams finds them), in the MoE layers after
+    // the leading dense ones for lfm2moe (src/models/lfm2moe.cpp:43).
+    let n_expert = g.get_u32(&k("expert_count"))?.unwrap_or(0);
+    let moe_layers = match arch {
+        "lfm2moe" => g.get_u32(&k("leading_dense_block_count"))?.unwrap_or(0) < n_layer,
+        _ => crate::hparams::EXPERTS_REQUIRED.iter().any(|(a, _)| *a == arch),
+    };
+    if moe_layers && n_expert == 0 {
+        let at = crate::hparams::EXPERTS_REQUIRED
+            .iter()
+            .find(|(a, _)| *a == arch)
+            .map_or("src/models/lfm2moe.cpp:43", |e| e.1);
+        return Err(g.invalid(format!(
+            "{} is missing or 0, but architecture {arch} has mixture-of-experts layers (llama.cpp asserts at {at})",
+            k("expert_count")
+        )));
+    }
+    match arch {
+        // src/models/hrm-text.cpp:22-23: the block count is the expanded
+        // slot count layers_per_stack * h_cycles * (l_cycles + 1).
+        "hrm_text" if g.get_u32(&k("block_count"))?.is_some() => {
+            let get = |s: &str| -> Result<u64> { Ok(u64::from(g.get_u32(&k(s))?.unwrap_or(0))) };
+            let slots = get("hrm.layers_per_stack")? * get("hrm.h_cycles")? * (get("hrm.l_cycles")? + 1);
+            let nextn = u64::from(g.get_u32(&k("nextn_predict_layers"))?.unwrap_or(0));
+            if slots != u64::from(n_layer).saturating_sub(nextn) {
+                return Err(g.invalid(format!(
+                    "{} = {n_layer}: an HRM model has hrm.layers_per_stack * hrm.h_cycles * (hrm.l_cycles + 1) = \
+                     {slots} layers besides its nextn layers ({nextn})",
+                    k("block_count")
+                )));
+            }
+        }
+        // src/models/glm5-next.cpp:45: the indexer's pool divides its top-k.
+        "glm5-next" => {
+            let (top_k, kpool) = (g.get_u32(&k("attention.indexer.top_k"))?, g.get_u32(&k("attention.indexer.kpool"))?);
+            if let (Some(top_k), Some(kpool)) = (top_k, kpool) {
+                if kpool > 1 && top_k % kpool != 0 {
+                    return Err(g.invalid(format!(
+                        "{} = {kpool} must divide {} = {top_k}",
+                        k("attention.indexer.kpool"),
+                        k("attention.indexer.top_k")
+                    )));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// The tokenizer.ggml.* checks.
@@ -502,11 +559,66 @@ mod tests {
             ),
             ("no_arch", Edit::from(&spm).remove("general.architecture"), "general.architecture is missing"),
             ("arch_type", Edit::from(&spm).u32("general.architecture", 1), "general.architecture has type"),
+            // The allow-list (hparams_table.rs): single keys out of range.
+            // llama-graph.cpp:3887 GGML_ABORT("unknown pooling type")
+            ("pooling", Edit::from(&spm).u32("llama.pooling_type", 9), "llama.pooling_type = 9"),
+            // ggml-backend.cpp:423 tensor read bounds (embeddings copy)
+            ("embd_out", Edit::from(&spm).u32("llama.embedding_length_out", 65), "llama.embedding_length_out = 65"),
+            // llama-graph.cpp:2109 GGML_ABORT on an unknown gating function
+            (
+                "gating",
+                Edit::from(&spm).str("general.architecture", "deepseek2").u32("deepseek2.expert_gating_func", 7),
+                "deepseek2.expert_gating_func = 7",
+            ),
+            // Relations one architecture's loader asserts.
+            // smallthinker.cpp:54 GGML_ASSERT(n_expert > 0 && ...)
+            (
+                "smallthinker",
+                Edit::from(&spm).str("general.architecture", "smallthinker").u32("smallthinker.block_count", 2),
+                "smallthinker.expert_count is missing or 0",
+            ),
+            // lfm2moe.cpp:43 GGML_ASSERT(n_expert && n_expert_used) in MoE layers
+            (
+                "lfm2moe",
+                Edit::from(&spm).str("general.architecture", "lfm2moe").u32("lfm2moe.block_count", 2),
+                "lfm2moe.expert_count is missing or 0",
+            ),
+            // hrm-text.cpp:23 GGML_ASSERT(hparams.n_layer() == n_slot)
+            (
+                "hrm",
+                Edit::from(&spm)
+                    .str("general.architecture", "hrm_text")
+                    .u32("hrm_text.block_count", 6)
+                    .u32("hrm_text.hrm.layers_per_stack", 1)
+                    .u32("hrm_text.hrm.h_cycles", 2)
+                    .u32("hrm_text.hrm.l_cycles", 1),
+                "hrm_text.block_count = 6",
+            ),
+            // glm5-next.cpp:45 indexer_top_k % indexer_kpool == 0
+            (
+                "kpool",
+                Edit::from(&spm)
+                    .str("general.architecture", "glm5-next")
+                    .u32("glm5-next.block_count", 2)
+                    .u32("glm5-next.attention.indexer.top_k", 10)
+                    .u32("glm5-next.attention.indexer.kpool", 4),
+                "glm5-next.attention.indexer.kpool = 4 must divide",
+            ),
         ];
+        // lfm2moe whose layers are all dense needs no experts.
+        let dense = dir.path().join("lfm2moe_dense.gguf");
+        Edit::from(&spm)
+            .str("general.architecture", "lfm2moe")
+            .u32("lfm2moe.block_count", 2)
+            .u32("lfm2moe.leading_dense_block_count", 2)
+            .write(&dense);
+        validate_model_file(&dense).unwrap();
         for (name, edit, expect) in cases {
             let path = dir.path().join(format!("{name}.gguf"));
             edit.write(&path);
-            let msg = message(validate_model_file(&path));
+            let r = validate_model_file(&path);
+            assert!(r.is_err(), "{name}: accepted");
+            let msg = message(r);
             assert!(msg.contains(expect), "{name}: {msg}");
         }
     }

@@ -127,11 +127,43 @@ impl<'m> Vocab<'m> {
     pub fn pad(&self) -> Option<Token> {
         self.special(sys::llama_vocab_pad)
     }
+    /// Separator token.
+    pub fn sep(&self) -> Option<Token> {
+        self.special(sys::llama_vocab_sep)
+    }
 
     /// Whether tokenize with `add_special` prepends BOS.
     pub fn add_bos(&self) -> bool {
         // SAFETY: live vocab.
         unsafe { sys::llama_vocab_get_add_bos(self.ptr) }
+    }
+
+    /// Whether tokenize with `add_special` appends EOS.
+    pub fn add_eos(&self) -> bool {
+        // SAFETY: live vocab.
+        unsafe { sys::llama_vocab_get_add_eos(self.ptr) }
+    }
+
+    /// The special tokens tokenize with `add_special` inserts must exist:
+    /// llama.cpp asserts they do (`llama-vocab.cpp:3477-3663`). An id in the
+    /// file outside the vocabulary is dropped with only a warning, and the
+    /// defaults of the tokenizer family may be outside a small vocabulary.
+    fn check_special_tokens(&self) -> Result<()> {
+        let wpm = self.vocab_type() == VocabType::Wpm;
+        let need = [
+            ("BOS", "tokenizer.ggml.bos_token_id", wpm || self.add_bos(), self.bos()),
+            ("EOS", "tokenizer.ggml.eos_token_id", !wpm && self.add_eos(), self.eos()),
+            ("separator", "tokenizer.ggml.seperator_token_id", wpm, self.sep()),
+        ];
+        match need.into_iter().find(|&(_, _, needed, token)| needed && token.is_none()) {
+            Some((what, key, _, _)) => Err(Error::Tokenize {
+                message: format!(
+                    "the model adds a {what} token to tokenized text but has none ({key} is missing or outside the \
+                     vocabulary): tokenize with add_special = false"
+                ),
+            }),
+            None => Ok(()),
+        }
     }
 
     /// True if `token` ends generation (EOS, EOT, ...); false for ids outside
@@ -185,6 +217,9 @@ impl<'m> Vocab<'m> {
             return Err(Error::Tokenize {
                 message: "the model has no vocabulary (tokenizer.ggml.model is none/no_vocab)".into(),
             });
+        }
+        if add_special {
+            self.check_special_tokens()?;
         }
         let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize {
             message: format!("text of {} bytes is longer than i32::MAX", text.len()),

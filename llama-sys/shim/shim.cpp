@@ -2,7 +2,9 @@
 #include "shim.h"
 
 #include "llama-ext.h"
+#include "llama-model.h"
 
+#include <cstdio>
 #include <exception>
 #include <regex>
 #include <string>
@@ -145,3 +147,66 @@ int llama_rs_memory_breakdown(const llama_context * ctx, llama_rs_memory_entry *
 }
 
 } // extern "C"
+
+extern "C" int llama_rs_model_check(const llama_model * model, char * why, size_t cap) {
+    int found = 0;
+    const int status = guarded([&] {
+        const llama_hparams & hp = model->hparams;
+        auto fail = [&](const std::string & msg) {
+            if (!found && cap > 0) {
+                std::snprintf(why, cap, "%s", msg.c_str());
+            }
+            found = 1;
+        };
+        // llama-model.cpp:2823 / 2873: a sliding-window architecture needs
+        // some SWA layer (an all-dense pattern such as sliding_window_pattern
+        // = 1), and one without SWA must have none.
+        if (hp.swa_type != LLAMA_SWA_TYPE_NONE && !hp.is_swa_any()) {
+            fail("the architecture uses a sliding window but no layer is a sliding-window layer "
+                 "(<arch>.attention.sliding_window_pattern); llama.cpp asserts at context creation");
+        } else if (hp.swa_type == LLAMA_SWA_TYPE_NONE && hp.is_swa_any()) {
+            fail("sliding-window layers (<arch>.attention.sliding_window_pattern) on a model without a sliding "
+                 "window; llama.cpp asserts at context creation");
+        }
+        // ggml-cpu/ops.cpp:6231 and 6381: M-RoPE sections, non-negative,
+        // not all zero, summing to at most the head size.
+        if (hp.rope_type != LLAMA_ROPE_TYPE_NONE && (hp.rope_type & LLAMA_ROPE_TYPE_MROPE)) {
+            const auto & s = hp.rope_sections;
+            const long sum = (long) s[0] + s[1] + s[2] + s[3];
+            const bool negative = s[0] < 0 || s[1] < 0 || s[2] < 0 || s[3] < 0;
+            if (negative || (s[0] <= 0 && s[1] <= 0 && s[2] <= 0) || sum > (long) hp.n_embd_head_k()) {
+                fail("<arch>.rope.dimension_sections = [" + std::to_string(s[0]) + ", " + std::to_string(s[1]) +
+                     ", " + std::to_string(s[2]) + ", " + std::to_string(s[3]) +
+                     "]: each must be >= 0, one of the first three > 0, and the sum at most the head size " +
+                     std::to_string(hp.n_embd_head_k()) + "; ggml's rope kernel asserts at the first decode");
+            }
+        }
+        // models/mamba-base.cpp:177-178: Mamba-2 layers split d_inner into
+        // dt_rank heads and n_group groups.
+        const bool mamba2 = model->arch == LLM_ARCH_MAMBA2 || model->arch == LLM_ARCH_FALCON_H1 ||
+                            model->arch == LLM_ARCH_GRANITE_HYBRID || model->arch == LLM_ARCH_NEMOTRON_H ||
+                            model->arch == LLM_ARCH_NEMOTRON_H_MOE;
+        if (mamba2 && (hp.ssm_dt_rank == 0 || hp.ssm_d_inner % hp.ssm_dt_rank != 0 ||
+                       (hp.ssm_n_group != 0 && hp.ssm_d_inner % hp.ssm_n_group != 0))) {
+            fail("<arch>.ssm.inner_size = " + std::to_string(hp.ssm_d_inner) +
+                 " must be a multiple of ssm.time_step_rank = " + std::to_string(hp.ssm_dt_rank) +
+                 " and of ssm.group_count = " + std::to_string(hp.ssm_n_group) +
+                 "; the Mamba-2 graph asserts it at context creation");
+        }
+        // models/rwkv6-base.cpp:111: n_head (n_embd / wkv.head_size) must be
+        // a multiple of every layer's head_count_kv.
+        if ((model->arch == LLM_ARCH_RWKV6 || model->arch == LLM_ARCH_RWKV6QWEN2) && hp.wkv_head_size > 0) {
+            const uint32_t n_head = hp.n_embd / hp.wkv_head_size;
+            for (uint32_t il = 0; il < hp.n_layer(); ++il) {
+                const uint32_t kv = hp.n_head_kv(il);
+                if (kv != 0 && kv != n_head && (kv > n_head || n_head % kv != 0)) {
+                    fail("layer " + std::to_string(il) + ": attention.head_count_kv = " + std::to_string(kv) +
+                         " does not divide n_embd / wkv.head_size = " + std::to_string(n_head) +
+                         "; the RWKV6 graph asserts it");
+                    break;
+                }
+            }
+        }
+    });
+    return status != 0 ? -1 : found;
+}

@@ -69,6 +69,13 @@ typedef struct llama_rs_memory_entry {
 int llama_rs_memory_breakdown(const struct llama_context * ctx, llama_rs_memory_entry * out, size_t cap,
                               size_t * n);
 
+/* Checks a loaded model's hyperparameters, as llama.cpp computed them, for
+ * the combinations that its context creation or graph builders assert on
+ * (the metadata validator cannot see them: they depend on per-architecture
+ * defaults and derived values). Returns 0 when none applies, else 1 with a
+ * NUL-terminated reason in `why` (at most `cap` bytes); -1 if it threw. */
+int llama_rs_model_check(const struct llama_model * model, char * why, size_t cap);
+
 #ifdef __cplusplus
 }
 #endif

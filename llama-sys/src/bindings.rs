@@ -6357,6 +6357,13 @@ unsafe extern "C" {
         n: *mut usize,
     ) -> ::std::os::raw::c_int;
 }
+unsafe extern "C" {
+    pub fn llama_rs_model_check(
+        model: *const llama_model,
+        why: *mut ::std::os::raw::c_char,
+        cap: usize,
+    ) -> ::std::os::raw::c_int;
+}
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct ggml_backend_buffer {
