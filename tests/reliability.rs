@@ -427,3 +427,28 @@ fn every_architecture_is_refused_or_runs() {
     assert_child_ok(NAME, &out);
     eprintln!("{}", stdout.lines().find(|l| l.starts_with("architectures:")).unwrap_or(""));
 }
+
+/// Found by the metadata fuzzer (docs/fuzzing.md): `rope.dimension_count` 0
+/// on an architecture that applies RoPE (here `nanbeige`; `llama` itself
+/// refuses it) made ggml's CPU rope kernel loop forever at the first decode
+/// (`ggml-cpu/ops.cpp:6452`, `i0 += n_dims - 2`). The shim's check refuses it
+/// after the load; the child's time limit turns a hang into a failure.
+#[test]
+fn zero_rope_dimensions_are_refused() {
+    const NAME: &str = "zero_rope_dimensions_are_refused";
+    if in_child(NAME) {
+        let bad = edited("rope0", &tiny_path(VocabKind::Spm), |e| {
+            e.rename_arch("nanbeige").u32("nanbeige.rope.dimension_count", 0)
+        });
+        match load_and_decode(&bad) {
+            Err(Error::InvalidModel { message, .. }) => {
+                assert!(message.contains("nanbeige.rope.dimension_count = 0"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let good = edited("rope16", &tiny_path(VocabKind::Spm), |e| e.rename_arch("nanbeige"));
+        load_and_decode(&good).expect("the same model with its RoPE dimensions decodes");
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}

@@ -4,6 +4,8 @@
 //! validator's allow-list knows, writes the file (new metadata, the seed's
 //! tensor data unchanged) and runs it through the safe API: load, a context
 //! with and without embeddings, one decode, outputs read.
+//! `LLAMA_RS_FUZZ_TRACE=1` prints each change (architecture, key, value) to
+//! stderr, to see what a crash or timeout input does.
 
 use arbitrary::Arbitrary;
 use llama_rs::{sys, Batch, ContextParams, Model, Token};
@@ -399,6 +401,9 @@ pub fn write_mutated(seed: &Seed, input: &Input, scratch: &Path) -> bool {
         keys.extend(table_keys().iter().map(|k| k.replace("{arch}", &arch)));
         let key = &keys[usize::from(m.key) % keys.len()];
         let Ok(key) = CString::new(key.as_str()) else { continue };
+        if std::env::var_os("LLAMA_RS_FUZZ_TRACE").is_some() {
+            eprintln!("metadata: {} {key:?} = {:?}", meta.arch(), m.value);
+        }
         meta.apply(&key, &m.value);
     }
     let mut bytes = meta.bytes();

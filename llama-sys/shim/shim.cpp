@@ -152,7 +152,12 @@ extern "C" int llama_rs_model_check(const llama_model * model, char * why, size_
     int found = 0;
     const int status = guarded([&] {
         const llama_hparams & hp = model->hparams;
-        auto fail = [&](const std::string & msg) {
+        const std::string arch = llm_arch_name(model->arch);
+        // The first finding, with "<arch>" spelled out.
+        auto fail = [&](std::string msg) {
+            for (size_t at = msg.find("<arch>"); at != std::string::npos; at = msg.find("<arch>", at)) {
+                msg.replace(at, 6, arch);
+            }
             if (!found && cap > 0) {
                 std::snprintf(why, cap, "%s", msg.c_str());
             }
@@ -167,6 +172,19 @@ extern "C" int llama_rs_model_check(const llama_model * model, char * why, size_
         } else if (hp.swa_type == LLAMA_SWA_TYPE_NONE && hp.is_swa_any()) {
             fail("sliding-window layers (<arch>.attention.sliding_window_pattern) on a model without a sliding "
                  "window; llama.cpp asserts at context creation");
+        }
+        // ggml-cpu/ops.cpp:6452: with zero rotated dimensions the rope
+        // kernel's copy loop (`i0 += n_dims - 2`) never ends: a hang at the
+        // first decode, for every architecture that applies RoPE.
+        if (hp.rope_type != LLAMA_ROPE_TYPE_NONE) {
+            for (uint32_t il = 0; il < hp.n_layer(); ++il) {
+                if (hp.n_rot(il) == 0) {
+                    fail("<arch>.rope.dimension_count = 0 (layer " + std::to_string(il) +
+                         "): the architecture applies RoPE, and ggml's rope kernel loops forever on zero rotated "
+                         "dimensions");
+                    break;
+                }
+            }
         }
         // ggml-cpu/ops.cpp:6231 and 6381: M-RoPE sections, non-negative,
         // not all zero, summing to at most the head size.

@@ -70,7 +70,8 @@ int llama_rs_memory_breakdown(const struct llama_context * ctx, llama_rs_memory_
                               size_t * n);
 
 /* Checks a loaded model's hyperparameters, as llama.cpp computed them, for
- * the combinations that its context creation or graph builders assert on
+ * the combinations that its context creation or graph builders assert on,
+ * or that make a kernel loop forever
  * (the metadata validator cannot see them: they depend on per-architecture
  * defaults and derived values). Returns 0 when none applies, else 1 with a
  * NUL-terminated reason in `why` (at most `cap` bytes); -1 if it threw. */

@@ -102,14 +102,43 @@ pub fn real_model() -> &'static Model {
 
 /// Runs the test `name` of this test binary again in a child process, with
 /// `LLAMA_RS_CHILD=name` set (see [`in_child`]), and returns its output: for
-/// cases whose old behaviour was to abort the process.
+/// cases whose old behaviour was to abort the process (or to hang: a child
+/// still running after five minutes is killed, and its output says so).
 pub fn run_in_child(name: &str) -> std::process::Output {
+    use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
-    std::process::Command::new(exe)
+    let mut child = std::process::Command::new(exe)
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("LLAMA_RS_CHILD", name)
-        .output()
-        .expect("start the child test process")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the child test process");
+    // Drain both pipes on threads, so a chatty child cannot block on them.
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let status = child.wait().expect("wait for the killed child");
+            let mut stderr = err.join().unwrap();
+            stderr.extend_from_slice(b"\n(killed: still running after 300 s, a hang)\n");
+            return std::process::Output { status, stdout: out.join().unwrap(), stderr };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
 }
 
 /// True in the child process started by [`run_in_child`] for `name`.
