@@ -452,3 +452,24 @@ fn zero_rope_dimensions_are_refused() {
     }
     assert_child_ok(NAME, &run_in_child(NAME));
 }
+
+/// Found by the metadata fuzzer (docs/fuzzing.md): `nanbeige.num_loops` 0
+/// aborted the load (`src/models/nanbeige.cpp:8`, `GGML_ASSERT(n_loops_u >=
+/// 1)`). The allow-list had decided the key "any value" by category; the
+/// generator now refuses such a decision when an assert on the read's
+/// destination follows it, which found eight more (docs/hparams.md).
+#[test]
+fn metadata_fuzzer_findings_are_refused() {
+    const NAME: &str = "metadata_fuzzer_findings_are_refused";
+    if in_child(NAME) {
+        let bad =
+            edited("loops0", &tiny_path(VocabKind::Spm), |e| e.rename_arch("nanbeige").u32("nanbeige.num_loops", 0));
+        let msg = refused(&bad, ModelParams::default());
+        assert!(msg.contains("nanbeige.num_loops = 0") && msg.contains("nanbeige.cpp:8"), "{msg}");
+        let good =
+            edited("loops2", &tiny_path(VocabKind::Spm), |e| e.rename_arch("nanbeige").u32("nanbeige.num_loops", 2));
+        load_and_decode(&good).expect("two loops decode");
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}

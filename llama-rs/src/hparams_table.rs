@@ -221,11 +221,11 @@ pub(crate) const RULES: &[Rule] = &[
     // read: src/models/deepseek4.cpp:56 src/models/deepseek4.cpp:61 src/models/dflash.cpp:70
     Rule { key: "{arch}.attention.compress_ratios", read: Read::Arr(Kind::U32, 512), accept: Accept::Any,
         archs: &["deepseek4", "dflash"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "one ratio per layer; an array longer than LLAMA_MAX_LAYERS is refused by the Arr length limit before the assert; src/models/deepseek4.cpp:60 GGML_ASSERT(n_compress_ratios <= LLAMA_MAX_LAYERS)" },
     // read: src/models/qwen4exp.cpp:62
     Rule { key: "{arch}.attention.compress_ratios", read: Read::ScalarOrArr(Kind::U32), accept: Accept::Any,
         archs: &["qwen4exp"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "one ratio per layer; an array longer than LLAMA_MAX_LAYERS is refused by the Arr length limit before the assert; src/models/deepseek4.cpp:60 GGML_ASSERT(n_compress_ratios <= LLAMA_MAX_LAYERS)" },
     // read: src/models/deepseek4.cpp:47
     Rule { key: "{arch}.attention.compress_rope_freq_base", read: Read::Scalar(Kind::F32), accept: Accept::Any,
         archs: &["deepseek4"],
@@ -259,9 +259,9 @@ pub(crate) const RULES: &[Rule] = &[
         archs: &["arwkv7", "rwkv7"],
         why: "a tensor size: a mismatch with the file's tensor shapes is a clean load error" },
     // read: src/models/minimax-m3.cpp:24
-    Rule { key: "{arch}.attention.indexer.block_size", read: Read::Scalar(Kind::U32), accept: Accept::Any,
+    Rule { key: "{arch}.attention.indexer.block_size", read: Read::Scalar(Kind::U32), accept: Accept::Int { min: 1, max: 4294967295, max_key: None },
         archs: &["minimax-m3"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "the indexer's block size; src/models/minimax-m3.cpp:33 GGML_ASSERT(hparams.indexer_block_size > 0)" },
     // read: src/models/deepseek32.cpp:27 src/models/deepseek4.cpp:41 src/models/dots3note.cpp:37
     //       src/models/glm-dsa.cpp:49 src/models/glm5-next.cpp:40 src/models/hy-v4.cpp:46 src/models/minimax-m3.cpp:21
     //       src/models/qwen4exp.cpp:56
@@ -291,7 +291,7 @@ pub(crate) const RULES: &[Rule] = &[
     //       src/models/qwen4exp.cpp:58
     Rule { key: "{arch}.attention.indexer.top_k", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["deepseek32", "deepseek4", "dots3note", "glm-dsa", "glm5-next", "hy_v4", "minimax-m3", "qwen4exp"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "a count; glm5-next's kpool must divide it (validate.rs)" },
     // read: src/models/dots3note.cpp:40
     Rule { key: "{arch}.attention.indexer.types", read: Read::Arr(Kind::U32, 512), accept: Accept::Any,
         archs: &["dots3note"],
@@ -576,7 +576,7 @@ pub(crate) const RULES: &[Rule] = &[
     // read: src/models/gemma-embedding.cpp:14
     Rule { key: "{arch}.dense_2_feat_in", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["gemma-embedding"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "0 or embedding_length: checked in validate.rs (cross-key); src/models/gemma-embedding.cpp:19 hparams.dense_2_feat_in == 0 ||" },
     // read: src/models/gemma-embedding.cpp:15
     Rule { key: "{arch}.dense_2_feat_out", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["gemma-embedding"],
@@ -588,7 +588,7 @@ pub(crate) const RULES: &[Rule] = &[
     // read: src/models/gemma-embedding.cpp:17
     Rule { key: "{arch}.dense_3_feat_out", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["gemma-embedding"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "0 or embedding_length: checked in validate.rs (cross-key); src/models/gemma-embedding.cpp:20 hparams.dense_3_feat_out == 0 ||" },
     // read: src/llama-model.cpp:1324 src/llama-model.cpp:1348
     Rule { key: "{arch}.embedding_length", read: Read::Scalar(Kind::U32), accept: Accept::Int { min: 1, max: 4294967295, max_key: None },
         archs: &[],
@@ -769,11 +769,14 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { key: "{arch}.hrm.prefix_lm", read: Read::Scalar(Kind::Bool), accept: Accept::Any,
         archs: &["hrm_text"],
         why: "a bool flag" },
-    // read: src/models/deepseek4.cpp:48 src/models/dflash.cpp:53 src/models/glm5-next.cpp:50 src/models/hy-v4.cpp:41
-    //       src/models/qwen4exp.cpp:45
+    // read: src/models/deepseek4.cpp:48 src/models/dflash.cpp:53 src/models/hy-v4.cpp:41 src/models/qwen4exp.cpp:45
     Rule { key: "{arch}.hyper_connection.count", read: Read::Scalar(Kind::U32), accept: Accept::Any,
-        archs: &["deepseek4", "dflash", "glm5-next", "hy_v4", "qwen4exp"],
+        archs: &["deepseek4", "dflash", "hy_v4", "qwen4exp"],
         why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+    // read: src/models/glm5-next.cpp:50
+    Rule { key: "{arch}.hyper_connection.count", read: Read::Scalar(Kind::U32), accept: Accept::Int { min: 4, max: 4, max_key: None },
+        archs: &["glm5-next"],
+        why: "glm5-next supports exactly 4 hyper-connections; src/models/glm5-next.cpp:53 GGML_ASSERT(hparams.dsv4_hc_mult == 4" },
     // read: src/models/deepseek4.cpp:50 src/models/dflash.cpp:69 src/models/glm5-next.cpp:52 src/models/hy-v4.cpp:42
     Rule { key: "{arch}.hyper_connection.epsilon", read: Read::Scalar(Kind::F32), accept: Accept::Any,
         archs: &["deepseek4", "dflash", "glm5-next", "hy_v4"],
@@ -798,9 +801,13 @@ pub(crate) const RULES: &[Rule] = &[
     Rule { key: "{arch}.interleave_moe_layer_step", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["llama4"],
         why: "llama4 checks > 0 before the modulo; src/models/llama4.cpp:62 hparams.n_moe_layer_step > 0 &&" },
-    // read: src/models/bailingmoe3.cpp:17 src/models/glm5-next.cpp:16 src/models/kimi-k3.cpp:24
+    // read: src/models/bailingmoe3.cpp:17
+    Rule { key: "{arch}.kda.gate_lower_bound", read: Read::Scalar(Kind::F32), accept: Accept::Float { min: f64::NEG_INFINITY, max: -1e-45 },
+        archs: &["bailingmoe3"],
+        why: "the KDA gate's lower bound must be negative; src/models/bailingmoe3.cpp:34 GGML_ASSERT(hparams.kda_gate_lower_bound < 0.0f)" },
+    // read: src/models/glm5-next.cpp:16 src/models/kimi-k3.cpp:24
     Rule { key: "{arch}.kda.gate_lower_bound", read: Read::Scalar(Kind::F32), accept: Accept::Any,
-        archs: &["bailingmoe3", "glm5-next", "kimi-k3"],
+        archs: &["glm5-next", "kimi-k3"],
         why: "only scales a float or is passed to a ggml op as a float parameter" },
     // read: src/models/bailingmoe3.cpp:13 src/models/glm5-next.cpp:15 src/models/kimi-k3.cpp:23
     //       src/models/kimi-linear.cpp:10
@@ -808,9 +815,9 @@ pub(crate) const RULES: &[Rule] = &[
         archs: &["bailingmoe3", "glm5-next", "kimi-k3", "kimi-linear"],
         why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
     // read: src/models/bailingmoe3.cpp:14
-    Rule { key: "{arch}.kda.safe_gate", read: Read::Scalar(Kind::Bool), accept: Accept::Any,
+    Rule { key: "{arch}.kda.safe_gate", read: Read::Scalar(Kind::Bool), accept: Accept::Int { min: 1, max: 1, max_key: None },
         archs: &["bailingmoe3"],
-        why: "a bool flag" },
+        why: "must be true (missing means true); src/models/bailingmoe3.cpp:33 GGML_ASSERT(hparams.kda_safe_gate)" },
     // read: src/models/afmoe.cpp:5 src/models/bailingmoe.cpp:5 src/models/bailingmoe2.cpp:5
     //       src/models/bailingmoe3.cpp:22 src/models/cohere2moe.cpp:15 src/models/deepseek.cpp:5
     //       src/models/deepseek2.cpp:11 src/models/deepseek2ocr.cpp:6 src/models/deepseek32.cpp:14
@@ -856,9 +863,9 @@ pub(crate) const RULES: &[Rule] = &[
         archs: &["eagle3"],
         why: "a bool flag" },
     // read: src/models/nanbeige.cpp:7
-    Rule { key: "{arch}.num_loops", read: Read::Scalar(Kind::U32), accept: Accept::Any,
+    Rule { key: "{arch}.num_loops", read: Read::Scalar(Kind::U32), accept: Accept::Int { min: 1, max: 4294967295, max_key: None },
         archs: &["nanbeige"],
-        why: "a size, count or index list: no assert, enum cast, fixed-array index or division by it found in the load and graph code; bad values throw or mismatch the file's tensor shapes (a clean load error)" },
+        why: "the loop count of the shared layers; src/models/nanbeige.cpp:8 GGML_ASSERT(n_loops_u >= 1)" },
     // read: src/models/qwen4exp.cpp:108
     Rule { key: "{arch}.ple.conv_kernel", read: Read::Scalar(Kind::U32), accept: Accept::Any,
         archs: &["qwen4exp"],

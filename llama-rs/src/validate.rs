@@ -288,6 +288,18 @@ fn validate_arch_relations(g: &Gguf, arch: &str, n_layer: u32) -> Result<()> {
                 )));
             }
         }
+        // src/models/gemma-embedding.cpp:19-20: the dense projections meet
+        // the embedding width.
+        "gemma-embedding" => {
+            let n_embd = g.get_u32(&k("embedding_length"))?;
+            for key in [k("dense_2_feat_in"), k("dense_3_feat_out")] {
+                if let (Some(v), Some(n_embd)) = (g.get_u32(&key)?, n_embd) {
+                    if v != 0 && v != n_embd {
+                        return Err(g.invalid(format!("{key} = {v}: must be 0 or embedding_length = {n_embd}")));
+                    }
+                }
+            }
+        }
         // src/models/glm5-next.cpp:45: the indexer's pool divides its top-k.
         "glm5-next" => {
             let (top_k, kpool) = (g.get_u32(&k("attention.indexer.top_k"))?, g.get_u32(&k("attention.indexer.kpool"))?);
