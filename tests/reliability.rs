@@ -457,7 +457,9 @@ fn zero_rope_dimensions_are_refused() {
 /// aborted the load (`src/models/nanbeige.cpp:8`, `GGML_ASSERT(n_loops_u >=
 /// 1)`). The allow-list had decided the key "any value" by category; the
 /// generator now refuses such a decision when an assert on the read's
-/// destination follows it, which found eight more (docs/hparams.md).
+/// destination follows it, which found eight more (docs/hparams.md). And
+/// `phimoe` relabelled with `attention.head_count` 0: SIGFPE in its tensor
+/// loader (the generator now lists such divisions, `HEADS_REQUIRED`).
 #[test]
 fn metadata_fuzzer_findings_are_refused() {
     const NAME: &str = "metadata_fuzzer_findings_are_refused";
@@ -466,9 +468,44 @@ fn metadata_fuzzer_findings_are_refused() {
             edited("loops0", &tiny_path(VocabKind::Spm), |e| e.rename_arch("nanbeige").u32("nanbeige.num_loops", 0));
         let msg = refused(&bad, ModelParams::default());
         assert!(msg.contains("nanbeige.num_loops = 0") && msg.contains("nanbeige.cpp:8"), "{msg}");
+        // phimoe's tensor loader divides n_embd by layer 0's head count
+        // (`src/models/phimoe.cpp:15`): SIGFPE with 0.
+        let bad = edited("phimoe-heads0", &tiny_path(VocabKind::Spm), |e| {
+            e.rename_arch("phimoe").u32("phimoe.attention.head_count", 0)
+        });
+        let msg = refused(&bad, ModelParams::default());
+        assert!(msg.contains("phimoe.attention.head_count is missing or 0"), "{msg}");
         let good =
             edited("loops2", &tiny_path(VocabKind::Spm), |e| e.rename_arch("nanbeige").u32("nanbeige.num_loops", 2));
         load_and_decode(&good).expect("two loops decode");
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
+
+/// Found reading the loader for the allow-list: the other files of a split
+/// model have their `split.no` read with `gguf_get_val_u16` unchecked
+/// (`src/llama-model-loader.cpp:641`); another type aborted in gguf's type
+/// assert. The validator opens each part first.
+#[test]
+fn split_parts_are_checked() {
+    const NAME: &str = "split_parts_are_checked";
+    if in_child(NAME) {
+        let dir = temp_dir("reliability-split");
+        let src = tiny_path(VocabKind::Spm);
+        let first = dir.join("m-00001-of-00002.gguf");
+        let second = dir.join("m-00002-of-00002.gguf");
+        Edit::open(&src).u16("split.count", 2).u16("split.no", 0).write(&first);
+        Edit::open(&src).u16("split.count", 2).u32("split.no", 1).write(&second);
+        let msg = refused(&first, ModelParams::default());
+        assert!(msg.contains("m-00002-of-00002.gguf") && msg.contains("split.no has type"), "{msg}");
+        // With the right type, llama.cpp takes over (here: the parts repeat
+        // each other's tensors, its own clean error).
+        Edit::open(&src).u16("split.count", 2).u16("split.no", 1).write(&second);
+        match Model::load(&first) {
+            Err(Error::ModelLoad { .. }) => {}
+            other => panic!("{other:?}"),
+        }
         return;
     }
     assert_child_ok(NAME, &run_in_child(NAME));

@@ -197,7 +197,7 @@ impl Gguf {
         self.key_id(key).map(|id| unsafe { sys::gguf_get_kv_type(self.ptr(), id) })
     }
 
-    fn type_name(t: sys::gguf_type) -> String {
+    pub(crate) fn type_name(t: sys::gguf_type) -> String {
         // SAFETY: gguf_type_name returns a static string, or NULL for an
         // unknown type (handled by string_from_ptr).
         let name = unsafe { crate::ffi::string_from_ptr(sys::gguf_type_name(t)) };
@@ -231,6 +231,12 @@ impl Gguf {
         }
         // SAFETY: the id has type UINT32 (checked), which gguf_get_val_u32 asserts.
         Ok(self.scalar_id(key, sys::GGUF_TYPE_UINT32)?.map(|id| unsafe { sys::gguf_get_val_u32(self.ptr(), id) }))
+    }
+
+    /// A u16 value (split counts; overrides do not apply to them).
+    pub(crate) fn get_u16(&self, key: &str) -> Result<Option<u16>> {
+        // SAFETY: the id has type UINT16 (checked), which gguf_get_val_u16 asserts.
+        Ok(self.scalar_id(key, sys::GGUF_TYPE_UINT16)?.map(|id| unsafe { sys::gguf_get_val_u16(self.ptr(), id) }))
     }
 
     /// An f32 value (or its float override, narrowed as llama.cpp does).

@@ -70,7 +70,7 @@ pub(crate) struct Rule {
 
 #[path = "hparams_table.rs"]
 mod table;
-pub(crate) use table::{ARCHITECTURES, EXPERTS_REQUIRED, RULES};
+pub(crate) use table::{ARCHITECTURES, EXPERTS_REQUIRED, HEADS_REQUIRED, RULES};
 
 /// The model architectures (`general.architecture` values) of the pinned
 /// llama.cpp, sorted; a file of another architecture is refused by llama.cpp

@@ -35,6 +35,14 @@ pub(crate) const EXPERTS_REQUIRED: &[(&str, &str)] = &[
     ("smallthinker", "src/models/smallthinker.cpp:54"),
 ];
 
+/// Architectures whose model file divides by layer 0's head count (and where).
+#[rustfmt::skip]
+pub(crate) const HEADS_REQUIRED: &[(&str, &str)] = &[
+    ("deepseek2", "src/models/deepseek2.cpp:475"),
+    ("olmo2", "src/models/olmo2.cpp:30"),
+    ("phimoe", "src/models/phimoe.cpp:15"),
+];
+
 #[rustfmt::skip]
 pub(crate) const RULES: &[Rule] = &[
     // read: src/llama-model-loader.cpp:576 src/llama-model-loader.cpp:695 src/llama-model-loader.cpp:713

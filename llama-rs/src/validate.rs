@@ -46,7 +46,6 @@ use crate::gguf::{Gguf, ModelFile};
 use crate::model::KvOverride;
 use llama_sys as sys;
 use std::collections::HashSet;
-#[cfg(test)]
 use std::path::Path;
 
 /// `LLAMA_MAX_LAYERS` (`src/llama-hparams.h:11`).
@@ -96,6 +95,7 @@ pub(crate) fn validate(file: &mut ModelFile, overrides: &[(String, KvOverride)])
     let g = Gguf::read(file, overrides)?;
     if g.kv_type("split.count").is_some() {
         file.use_name()?;
+        validate_split_parts(&g, file.path())?;
     }
     let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| g.invalid(format!("{key} = {value}: {why}"));
 
@@ -273,6 +273,17 @@ fn validate_arch_relations(g: &Gguf, arch: &str, n_layer: u32) -> Result<()> {
             k("expert_count")
         )));
     }
+    // Model files that divide by layer 0's head count (scripts/hparams finds
+    // them): SIGFPE with none.
+    if let Some((_, at)) = crate::hparams::HEADS_REQUIRED.iter().find(|(a, _)| *a == arch) {
+        let heads = g.get_u32_or_arr(&k("attention.head_count"))?.and_then(|v| v.first().copied()).unwrap_or(0);
+        if heads == 0 {
+            return Err(g.invalid(format!(
+                "{} is missing or 0 in layer 0, but architecture {arch} divides by it ({at})",
+                k("attention.head_count")
+            )));
+        }
+    }
     match arch {
         // src/models/hrm-text.cpp:22-23: the block count is the expanded
         // slot count layers_per_stack * h_cycles * (l_cycles + 1).
@@ -314,6 +325,59 @@ fn validate_arch_relations(g: &Gguf, arch: &str, n_layer: u32) -> Result<()> {
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// The other files of a split model, which llama.cpp opens by name
+/// (`llama_split_path` of the first file's prefix): each one's `split.no` is
+/// read with `gguf_get_val_u16` without a type check
+/// (`src/llama-model-loader.cpp:641`), whose own type assert aborts on another
+/// type. A part that is missing or not GGUF is llama.cpp's clean error.
+fn validate_split_parts(g: &Gguf, path: &Path) -> Result<()> {
+    let Some(count) = g.get_u16("split.count")? else { return Ok(()) };
+    if count <= 1 {
+        return Ok(());
+    }
+    let cpath = crate::gguf::path_cstring(path, "model path")?;
+    let mut prefix = vec![0u8; 8192];
+    // SAFETY: NUL-terminated path; the buffer has prefix.len() writable bytes;
+    // llama_split_prefix writes a NUL-terminated prefix and returns its length
+    // (0 when the name is not a split name).
+    let n = unsafe {
+        sys::llama_split_prefix(prefix.as_mut_ptr().cast(), prefix.len(), cpath.as_ptr(), 0, i32::from(count))
+    };
+    if n <= 0 || n as usize >= prefix.len() {
+        return Ok(()); // llama.cpp refuses the name itself ("invalid split file name")
+    }
+    for idx in 1..i32::from(count) {
+        let mut part = vec![0u8; 8192];
+        // SAFETY: the prefix is NUL-terminated (written above, within the
+        // buffer); the output buffer has part.len() writable bytes; the return
+        // is snprintf's length, checked against the buffer before use.
+        let m = unsafe {
+            sys::llama_split_path(part.as_mut_ptr().cast(), part.len(), prefix.as_ptr().cast(), idx, i32::from(count))
+        };
+        if m <= 0 || m as usize >= part.len() {
+            return Ok(());
+        }
+        part.truncate(m as usize);
+        #[cfg(unix)]
+        let part_path =
+            std::path::PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(part));
+        #[cfg(not(unix))]
+        let part_path = std::path::PathBuf::from(String::from_utf8_lossy(&part).into_owned());
+        let Ok(part_file) = ModelFile::open(&part_path) else { continue };
+        let Ok(pg) = Gguf::read(&part_file, &[]) else { continue };
+        if let Some(t) = pg.kv_type("split.no") {
+            if t != sys::GGUF_TYPE_UINT16 {
+                return Err(g.invalid(format!(
+                    "split part {}: split.no has type {}, expected uint16 (llama.cpp reads it unchecked)",
+                    part_path.display(),
+                    Gguf::type_name(t)
+                )));
+            }
+        }
     }
     Ok(())
 }

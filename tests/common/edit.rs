@@ -43,6 +43,11 @@ impl Edit {
         unsafe { sys::gguf_set_val_u32(self.ptr(), key(k).as_ptr(), v) };
         self
     }
+    pub fn u16(self, k: &str, v: u16) -> Self {
+        // SAFETY: valid context, NUL-terminated key (copied).
+        unsafe { sys::gguf_set_val_u16(self.ptr(), key(k).as_ptr(), v) };
+        self
+    }
     pub fn f32(self, k: &str, v: f32) -> Self {
         // SAFETY: as above.
         unsafe { sys::gguf_set_val_f32(self.ptr(), key(k).as_ptr(), v) };
