@@ -510,3 +510,28 @@ fn split_parts_are_checked() {
     }
     assert_child_ok(NAME, &run_in_child(NAME));
 }
+
+/// Tokenizing with `add_special` asserted that the special tokens the
+/// vocabulary inserts exist (`llama-vocab.cpp:3477-3663`): here a UGM (T5)
+/// vocabulary, whose family has no default BOS, told to add one.
+#[test]
+fn missing_special_tokens_are_a_tokenize_error() {
+    const NAME: &str = "missing_special_tokens_are_a_tokenize_error";
+    if in_child(NAME) {
+        let path = edited("ugm-bos", &tiny_path(VocabKind::Spm), |e| {
+            e.str("tokenizer.ggml.model", "t5")
+                .remove("tokenizer.ggml.bos_token_id")
+                .bool("tokenizer.ggml.add_bos_token", true)
+        });
+        let m = Model::load_with(&path, ModelParams::default().vocab_only(true)).expect("the UGM vocabulary loads");
+        let v = m.vocab();
+        assert!(v.add_bos() && v.bos().is_none(), "add_bos {}, bos {:?}", v.add_bos(), v.bos());
+        match v.tokenize("hello", true, false) {
+            Err(Error::Tokenize { message }) => assert!(message.contains("BOS"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!v.tokenize("hello", false, false).unwrap().is_empty());
+        return;
+    }
+    assert_child_ok(NAME, &run_in_child(NAME));
+}
