@@ -320,9 +320,15 @@ impl Meta {
                         let mut ptrs: Vec<*const std::os::raw::c_char> = v.iter().map(|s| s.as_ptr()).collect();
                         sys::gguf_set_arr_str(p, t, ptrs.as_mut_ptr(), n);
                     } else {
-                        // The data stays owned by `p` until the setter has copied it.
+                        // The data stays owned by `p` until the setter has copied it
+                        // (an empty array may have no data pointer at all).
                         let data = sys::gguf_get_arr_data(p, id).cast::<u8>();
-                        let copy = std::slice::from_raw_parts(data, n * type_size(at)).to_vec();
+                        let len = n * type_size(at);
+                        let copy = if len == 0 || data.is_null() {
+                            Vec::new()
+                        } else {
+                            std::slice::from_raw_parts(data, len).to_vec()
+                        };
                         sys::gguf_set_arr_data(p, t, at, copy.as_ptr().cast(), n);
                     }
                 }
@@ -358,6 +364,9 @@ impl Meta {
                 return;
             }
             let data = sys::gguf_get_arr_data(self.ptr(), id).cast::<u8>();
+            if data.is_null() {
+                return;
+            }
             let old = std::slice::from_raw_parts(data, n * size).to_vec();
             let mut new = Vec::with_capacity(len * size);
             for i in 0..len {

@@ -78,7 +78,7 @@ impl Batch {
             tokens: try_with_capacity(capacity, what, bytes)?,
             pos: try_with_capacity(capacity, what, bytes)?,
             n_seq_id: try_with_capacity(capacity, what, bytes)?,
-            seq_ids: try_with_capacity(capacity * n_seq_max, what, bytes)?,
+            seq_ids: try_with_capacity(capacity.saturating_mul(n_seq_max), what, bytes)?,
             seq_ptrs: try_with_capacity(capacity, what, bytes)?,
             logits: try_with_capacity(capacity, what, bytes)?,
             capacity,
