@@ -417,7 +417,10 @@ fn every_architecture_is_refused_or_runs() {
             }
         }
         println!("architectures: {} tried, {loaded} loaded, {decoded} contexts decoded", archs.len().div_ceil(step));
-        assert!(loaded >= 10 && decoded >= 10, "{loaded} loaded, {decoded} decoded");
+        // Not vacuous: at full size at least 10 architectures load and decode
+        // (15 and 30 contexts at the pin); a thinned sweep needs one.
+        let min = (10 / step).max(1);
+        assert!(loaded >= min && decoded >= min, "{loaded} loaded, {decoded} decoded (step {step})");
         return;
     }
     let out = run_in_child(NAME);
