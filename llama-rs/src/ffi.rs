@@ -9,6 +9,17 @@ pub(crate) fn cstring(what: &'static str, s: &str) -> Result<CString> {
     CString::new(s).map_err(|e| Error::Nul { what, position: e.nul_position() })
 }
 
+/// The path's exact bytes as a C string (on Unix; elsewhere it must be
+/// Unicode), never a lossy conversion: the file named is the file opened.
+pub(crate) fn path_cstring(path: &std::path::Path, what: &'static str) -> Result<CString> {
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes =
+        path.to_str().ok_or_else(|| Error::invalid(what, path.display(), "not valid Unicode"))?.as_bytes().to_vec();
+    CString::new(bytes).map_err(|e| Error::Nul { what, position: e.nul_position() })
+}
+
 /// Message of the last C++ exception caught by the shim on this thread.
 pub(crate) fn last_exception() -> String {
     // SAFETY: the shim returns a pointer to a thread-local std::string's

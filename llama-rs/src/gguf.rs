@@ -33,7 +33,7 @@ impl ModelFile {
     /// Opens `path` (a missing file is [`Error::Io`], a folder or device
     /// [`Error::InvalidModel`]).
     pub(crate) fn open(path: &Path) -> Result<ModelFile> {
-        let c_path = path_cstring(path, "model path")?;
+        let c_path = crate::ffi::path_cstring(path, "model path")?;
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let meta = file.metadata().map_err(|e| Error::io(path, e))?;
         if !meta.is_file() {
@@ -59,7 +59,7 @@ impl ModelFile {
 
     /// Hands llama.cpp the file's own name (split models).
     pub(crate) fn use_name(&mut self) -> Result<()> {
-        self.c_path = path_cstring(&self.path, "model path")?;
+        self.c_path = crate::ffi::path_cstring(&self.path, "model path")?;
         self.by_name = true;
         Ok(())
     }
@@ -294,29 +294,9 @@ impl Gguf {
     /// A u32 scalar, or an array of u32/i32/bool (llama.cpp's
     /// `get_key_or_arr` for per-layer values).
     pub(crate) fn get_u32_or_arr(&self, key: &str) -> Result<Option<Vec<u32>>> {
-        let Some((t, n)) = self.arr_info(key) else {
-            return Ok(self.get_u32(key)?.map(|v| vec![v]));
-        };
-        let Some(id) = self.key_id(key) else { return Ok(None) };
-        if !matches!(t, sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 | sys::GGUF_TYPE_BOOL) {
-            return Err(self.invalid(format!("{key} is an array of {}, expected uint32", Self::type_name(t))));
-        }
-        // SAFETY: a non-string array (checked just above: gguf_get_arr_data
-        // asserts on string arrays) of n elements of the element type's size;
-        // the data is owned by the context.
-        let data = unsafe { sys::gguf_get_arr_data(self.ptr(), id) };
-        let values = match t {
-            sys::GGUF_TYPE_UINT32 | sys::GGUF_TYPE_INT32 => {
-                // SAFETY: n 4-byte elements (gguf_get_arr_n), possibly unaligned.
-                (0..n).map(|i| unsafe { data.cast::<u32>().add(i).read_unaligned() }).collect()
-            }
-            sys::GGUF_TYPE_BOOL => {
-                // SAFETY: n 1-byte elements.
-                (0..n).map(|i| unsafe { data.cast::<u8>().add(i).read() } as u32).collect()
-            }
-            _ => unreachable!("element type checked above"),
-        };
-        Ok(Some(values))
+        let values = self.scalar_or_arr(key, Kind::U32)?;
+        // Kind::U32 reads give u32 values (as i64), never anything else.
+        Ok(values.map(|v| v.into_iter().map(|x| if let Value::Int(i) = x { i as u32 } else { 0 }).collect()))
     }
 
     /// The GGUF type llama.cpp requires for a scalar of `kind`.
@@ -441,17 +421,6 @@ impl Drop for Gguf {
         // SAFETY: owned context, freed once.
         unsafe { sys::gguf_free(self.ctx.as_ptr()) };
     }
-}
-
-/// The path's exact bytes as a C string (on Unix; elsewhere it must be
-/// Unicode), never a lossy conversion: the file named is the file opened.
-pub(crate) fn path_cstring(path: &Path, what: &'static str) -> Result<CString> {
-    #[cfg(unix)]
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
-    #[cfg(not(unix))]
-    let bytes =
-        path.to_str().ok_or_else(|| Error::invalid(what, path.display(), "not valid Unicode"))?.as_bytes().to_vec();
-    CString::new(bytes).map_err(|e| Error::Nul { what, position: e.nul_position() })
 }
 
 #[cfg(test)]

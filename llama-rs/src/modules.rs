@@ -178,7 +178,7 @@ fn check_and_load(path: &Path) -> Result<String> {
     if already {
         return Err(refuse("a module of that name is already loaded".into()));
     }
-    let cpath = crate::gguf::path_cstring(path, "module path")?;
+    let cpath = crate::ffi::path_cstring(path, "module path")?;
     clear_log_error();
     // SAFETY: NUL-terminated path; called from init's one-time
     // initialisation or from load_backend_module, whose caller guarantees

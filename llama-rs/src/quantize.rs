@@ -227,7 +227,7 @@ pub fn quantize(input: &Path, output: &Path, params: QuantizeParams) -> Result<(
     let mut file = crate::gguf::ModelFile::open(input)?;
     crate::validate::validate(&mut file, &[])?;
     let cin = file.c_path()?;
-    let cout = crate::gguf::path_cstring(output, "output path")?;
+    let cout = crate::ffi::path_cstring(output, "output path")?;
 
     // SAFETY: plain struct of defaults (no pointers set: no imatrix,
     // overrides or pruning).

@@ -339,7 +339,7 @@ fn validate_split_parts(g: &Gguf, path: &Path) -> Result<()> {
     if count <= 1 {
         return Ok(());
     }
-    let cpath = crate::gguf::path_cstring(path, "model path")?;
+    let cpath = crate::ffi::path_cstring(path, "model path")?;
     let mut prefix = vec![0u8; 8192];
     // SAFETY: NUL-terminated path; the buffer has prefix.len() writable bytes;
     // llama_split_prefix writes a NUL-terminated prefix and returns its length
