@@ -22,13 +22,16 @@
 
 #[path = "tps_args.rs"]
 mod args;
+#[path = "bench_model.rs"]
+mod bench_model;
 #[path = "tps_raw.rs"]
 mod raw;
 #[path = "tps_report.rs"]
 mod report;
 
 use args::{Args, Output, SplitChoice, Workload};
-use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
+use bench_model::{resolve_model, ModelSpec};
+use llama_rs::{AddSpecial, ParseSpecial};
 use llama_rs::{
     Batch, Context, ContextParams, FlashAttention, GenerateParams, Model, ModelParams, Sampler, SplitMode, Token,
 };
@@ -36,7 +39,6 @@ use raw::{max_logit, RawContext};
 use report::{json_record, mean_stddev, Build, Markdown, Row};
 use std::hint::black_box;
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -47,43 +49,6 @@ type BoxError = Box<dyn std::error::Error>;
 const STOP: &str = "\nUser:";
 /// Prompt of the generation overhead test.
 const GEN_PROMPT: &str = "Once upon a time, in a land far away, there lived";
-
-/// A model to benchmark: a file, or a synthetic one written on first use.
-struct ModelSpec {
-    path: PathBuf,
-    /// Table name for synthetic models; `None`: llama.cpp's description.
-    synthetic_name: Option<String>,
-}
-
-fn resolve_model(spec: &str, info: &mut dyn Write) -> Result<ModelSpec, BoxError> {
-    let Some(rest) = spec.strip_prefix("synthetic:") else {
-        return Ok(ModelSpec { path: spec.into(), synthetic_name: None });
-    };
-    let mut parts = rest.split(':');
-    let shape_name = parts.next().unwrap_or("small");
-    let type_name = parts.next().unwrap_or("q4_k_m");
-    let (shape, vocab) = match shape_name {
-        "tiny" => (ModelShape::tiny_k(), VocabKind::Spm),
-        "small" => (ModelShape::small(), VocabKind::Spm),
-        "8b" => (ModelShape::llama3_8b(), VocabKind::Bpe),
-        "70b" => (ModelShape::llama3_70b(), VocabKind::Bpe),
-        s => return Err(format!("synthetic model shape {s:?}: expected tiny, small, 8b or 70b").into()),
-    };
-    let wt: WeightType = type_name.parse()?;
-    let synthetic = SyntheticModel::new(shape).vocab(vocab).weight_type(wt).seed(1);
-    // The fixture folder of the build, unless LLAMA_RS_FIXTURE_DIR says
-    // otherwise at run time (a binary carried to another machine).
-    let dir = std::env::var_os("LLAMA_RS_FIXTURE_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from(llama_rs_suite::FIXTURE_DIR), PathBuf::from);
-    let path = dir.join(synthetic.file_name());
-    if !path.is_file() {
-        writeln!(info, "writing synthetic model {spec} to {} (once) ...", path.display())?;
-    }
-    let path = synthetic.write_cached(&dir)?;
-    let name = format!("synthetic {shape_name} {} (random weights)", type_name.to_uppercase());
-    Ok(ModelSpec { path, synthetic_name: Some(name) })
-}
 
 /// Model-level parameters (one model load each).
 #[derive(Clone, Debug)]
@@ -121,14 +86,13 @@ struct Test {
 
 impl Test {
     fn context_params(&self) -> ContextParams {
-        let mut p = ContextParams::default()
+        ContextParams::default()
             .n_batch(self.n_batch)
             .n_ubatch(self.n_ubatch)
             .threads(self.threads)
-            .flash_attention(self.flash_attn);
-        p.type_k = self.type_k;
-        p.type_v = self.type_v;
-        p
+            .flash_attention(self.flash_attn)
+            .type_k(self.type_k)
+            .type_v(self.type_v)
     }
 }
 
@@ -367,7 +331,7 @@ fn ratio_line(label: &str, raw: &[f64], safe: &[f64], what: &str) -> String {
 /// safe API, then streaming generation against a raw greedy loop; all on the
 /// same model, with contexts of the same parameters, interleaved.
 fn overhead(model: &Model, t: &Test, p: u32, n: u32, rounds: usize) -> Result<Vec<String>, BoxError> {
-    let prompt_tokens = model.vocab().tokenize(GEN_PROMPT, true, false)?;
+    let prompt_tokens = model.vocab().tokenize(GEN_PROMPT, AddSpecial::Yes, ParseSpecial::No)?;
     let n_ctx = (p as usize).max(n as usize).max(prompt_tokens.len() + n as usize).max(1) as u32;
     let cp = t.context_params().n_ctx(n_ctx);
     let mut ctx = model.new_context(cp.clone())?;

@@ -5,22 +5,8 @@
 //! parameters the safe context got.
 
 use llama_rs::sys;
-use llama_rs::{ContextParams, FlashAttention, KvType, Model};
+use llama_rs::{ContextParams, Model};
 use std::marker::PhantomData;
-
-fn ggml_type(t: KvType) -> sys::ggml_type {
-    match t.name() {
-        "f32" => sys::GGML_TYPE_F32,
-        "bf16" => sys::GGML_TYPE_BF16,
-        "q8_0" => sys::GGML_TYPE_Q8_0,
-        "q4_0" => sys::GGML_TYPE_Q4_0,
-        "q4_1" => sys::GGML_TYPE_Q4_1,
-        "iq4_nl" => sys::GGML_TYPE_IQ4_NL,
-        "q5_0" => sys::GGML_TYPE_Q5_0,
-        "q5_1" => sys::GGML_TYPE_Q5_1,
-        _ => sys::GGML_TYPE_F16,
-    }
-}
 
 /// Largest logit of a row: what any sampler reads at least once.
 pub fn max_logit(row: &[f32]) -> f32 {
@@ -42,24 +28,7 @@ impl<'m> RawContext<'m> {
     /// `Model::new_context(params)` passes to llama.cpp.
     pub fn new(model: &'m Model, p: &ContextParams) -> Result<RawContext<'m>, String> {
         let m = model.as_raw_ptr();
-        // SAFETY: plain struct of defaults.
-        let mut cp = unsafe { sys::llama_context_default_params() };
-        cp.n_ctx = p.n_ctx.unwrap_or(0);
-        cp.n_batch = p.n_batch;
-        cp.n_ubatch = p.n_ubatch.min(p.n_batch);
-        cp.n_seq_max = p.n_seq_max;
-        cp.n_threads = p.n_threads as i32;
-        cp.n_threads_batch = p.n_threads_batch as i32;
-        cp.flash_attn_type = match p.flash_attention {
-            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        };
-        cp.type_k = ggml_type(p.type_k);
-        cp.type_v = ggml_type(p.type_v);
-        cp.embeddings = p.embeddings;
-        cp.offload_kqv = p.offload_kqv;
-        cp.no_perf = p.no_perf;
+        let cp = p.to_raw(model);
         // SAFETY: `m` is a live model, borrowed for the life of this context;
         // the parameters are valid (the safe
         // API accepted the same ones).

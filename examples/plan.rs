@@ -80,10 +80,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut ctx = ContextParams::default().n_ctx(n_ctx);
     if let Some(t) = ctk {
-        ctx.type_k = t;
+        ctx = ctx.type_k(t);
     }
     if let Some(t) = ctv {
-        ctx.type_v = t;
+        ctx = ctx.type_v(t);
     }
     let (plan, chosen) = if do_fit {
         let f = llama_rs::fit(&path, params(), ctx, FitParams { margin: margin << 20, ..Default::default() })?;

@@ -60,10 +60,10 @@ fn a_panicking_log_subscriber_does_not_unwind_into_llama_cpp() {
             b.add(Token(3), 1 + i, &[0], false)?;
         }
         let full = c.decode(&mut b);
-        Ok::<_, Error>(matches!(full, Err(Error::Decode { .. })))
+        Ok::<_, Error>(matches!(full, Err(Error::ContextFull { .. })))
     })();
     std::panic::set_hook(hook);
-    assert!(result.unwrap(), "llama-rs returned normally, and the full context is Error::Decode");
+    assert!(result.unwrap(), "llama-rs returned normally, and the full context is Error::ContextFull");
     let n = PANICS.load(Ordering::SeqCst);
     assert!(n > 0, "the subscriber was reached");
     eprintln!("callbacks: {n} panics in the log subscriber caught at the C boundary");

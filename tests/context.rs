@@ -5,6 +5,7 @@
 mod common;
 
 use common::tiny;
+use llama_rs::{AddSpecial, ParseSpecial};
 use llama_rs::{Batch, Context, ContextParams, Error, Token};
 
 /// Largest absolute difference between logits computed in one batch and
@@ -16,7 +17,7 @@ fn ctx(n_ctx: u32) -> Context<'static> {
 }
 
 fn prompt() -> Vec<Token> {
-    tiny().vocab().tokenize("the quick brown fox jumps over the lazy dog", true, false).unwrap()
+    tiny().vocab().tokenize("the quick brown fox jumps over the lazy dog", AddSpecial::Yes, ParseSpecial::No).unwrap()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -216,7 +217,7 @@ fn a_full_context_is_an_error_not_a_crash() {
             break;
         }
     }
-    assert!(matches!(failed, Some(Error::Decode { .. })), "{failed:?}");
+    assert!(matches!(failed, Some(Error::ContextFull { .. })), "{failed:?}");
     c.clear_kv(false);
     decode_all(&mut c, &[Token(1)], 0);
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::tiny;
+use llama_rs::{AddSpecial, ParseSpecial};
 use llama_rs::{Context, ContextParams, Error, GenerateParams, Piece, Sampler, StopReason, Token};
 
 const PROMPT: &str = "the quick brown fox jumps over the lazy dog and";
@@ -46,7 +47,7 @@ fn max_tokens_is_honoured() {
     assert_eq!(pieces.len(), 5);
     assert_eq!(stats.generated_tokens, 5);
     assert_eq!(stats.stop_reason, StopReason::MaxTokens);
-    assert_eq!(stats.prompt_tokens, tiny().vocab().tokenize(PROMPT, true, true).unwrap().len());
+    assert_eq!(stats.prompt_tokens, tiny().vocab().tokenize(PROMPT, AddSpecial::Yes, ParseSpecial::Yes).unwrap().len());
     assert!(stats.time_to_first_token > std::time::Duration::ZERO);
     assert!(stats.prompt_tps > 0.0 && stats.generation_tps > 0.0);
 }
@@ -202,14 +203,16 @@ fn generation_continues_from_the_cache_unless_cleared() {
         g.by_ref().for_each(|p| drop(p.unwrap()));
         g.n_past()
     };
-    let prompt_len = tiny().vocab().tokenize(PROMPT, true, true).unwrap().len() as i32;
+    let prompt_len = tiny().vocab().tokenize(PROMPT, AddSpecial::Yes, ParseSpecial::Yes).unwrap().len() as i32;
     assert_eq!(n1, prompt_len + 2);
     let n2 = {
-        let mut g = c.generate(&mut s, " more", GenerateParams::default().max_tokens(1).add_special(false)).unwrap();
+        let mut g = c
+            .generate(&mut s, " more", GenerateParams::default().max_tokens(1).add_special(Some(AddSpecial::No)))
+            .unwrap();
         g.by_ref().for_each(|p| drop(p.unwrap()));
         g.n_past()
     };
-    let more = tiny().vocab().tokenize(" more", false, true).unwrap().len() as i32;
+    let more = tiny().vocab().tokenize(" more", AddSpecial::No, ParseSpecial::Yes).unwrap().len() as i32;
     assert_eq!(n2, n1 + more);
     let n3 = {
         let mut g = c.generate(&mut s, PROMPT, GenerateParams::default().max_tokens(1).clear_kv(true)).unwrap();

@@ -10,6 +10,7 @@ mod common;
 
 use common::fixture_dir;
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
+use llama_rs::{AddSpecial, ParseSpecial};
 use llama_rs::{
     Batch, ContextParams, Device, DeviceMemory, Error, FlashAttention, GenerateParams, Model, ModelParams, Sampler,
     SplitMode, Token,
@@ -42,7 +43,9 @@ fn small_path() -> PathBuf {
 }
 
 fn prompt(m: &Model) -> Vec<Token> {
-    m.vocab().tokenize("the quick brown fox jumps over the lazy dog and runs away", true, false).unwrap()
+    m.vocab()
+        .tokenize("the quick brown fox jumps over the lazy dog and runs away", AddSpecial::Yes, ParseSpecial::No)
+        .unwrap()
 }
 
 fn last_logits(m: &Model, fa: FlashAttention) -> Vec<f32> {

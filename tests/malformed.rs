@@ -21,6 +21,7 @@ use common::edit::Edit;
 use common::{scaled, temp_dir, test_scale, tiny_path};
 use llama_rs::synthetic::VocabKind;
 use llama_rs::{sys, Batch, ContextParams, Error, Model, ModelParams, Sampler, Token};
+use llama_rs::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use std::path::{Path, PathBuf};
 
 /// What a file must do.
@@ -94,12 +95,12 @@ fn check_error(path: &Path, e: &Error) {
 
 fn use_vocab(m: &Model) {
     let v = m.vocab();
-    if let Ok(tokens) = v.tokenize("Hello world, héllo\n 123", true, true) {
+    if let Ok(tokens) = v.tokenize("Hello world, héllo\n 123", AddSpecial::Yes, ParseSpecial::Yes) {
         assert!(tokens.iter().all(|t| v.check(*t).is_ok()), "tokenize returned ids outside the vocabulary");
-        let _ = v.detokenize(&tokens, false, true);
+        let _ = v.detokenize(&tokens, RemoveSpecial::No, RenderSpecial::Yes);
     }
     for t in [0, 1, 2, v.n_tokens() / 2, v.n_tokens() - 1] {
-        let _ = v.token_to_piece(Token(t), true);
+        let _ = v.token_to_piece(Token(t), RenderSpecial::Yes);
         let _ = v.token_text(Token(t));
     }
     let _ = m.metadata();
@@ -115,7 +116,7 @@ fn run(m: &Model) -> bool {
     if v.n_tokens() < 2 {
         return false;
     }
-    let mut tokens = v.tokenize("the quick brown fox", true, false).unwrap_or_default();
+    let mut tokens = v.tokenize("the quick brown fox", AddSpecial::Yes, ParseSpecial::No).unwrap_or_default();
     tokens.retain(|t| v.check(*t).is_ok());
     tokens.truncate(15);
     if tokens.is_empty() {
@@ -483,8 +484,8 @@ fn malformed_files_never_kill_the_process() {
     // list, but llama.cpp asserts on every per-token call: no id is valid.
     let none = Model::load(dir.join("tokenizer_none.gguf")).unwrap();
     assert_eq!(none.vocab().n_tokens(), 0);
-    assert!(matches!(none.vocab().tokenize("hi", true, true), Err(Error::Tokenize { .. })));
-    assert!(matches!(none.vocab().token_to_piece(Token(1), true), Err(Error::InvalidToken { .. })));
+    assert!(matches!(none.vocab().tokenize("hi", AddSpecial::Yes, ParseSpecial::Yes), Err(Error::Tokenize { .. })));
+    assert!(matches!(none.vocab().token_to_piece(Token(1), RenderSpecial::Yes), Err(Error::InvalidToken { .. })));
     assert!(!none.vocab().is_eog(Token(2)));
     let ctx0 = Model::load(dir.join("ctx0.gguf")).unwrap();
     assert!(matches!(

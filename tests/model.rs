@@ -5,6 +5,7 @@ mod common;
 
 use common::{tiny, tiny_bpe, tiny_path};
 use llama_rs::synthetic::{ModelShape, VocabKind};
+use llama_rs::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use llama_rs::{Error, KvOverride, Model, ModelParams, SplitMode, Token, VocabType};
 
 #[test]
@@ -41,14 +42,14 @@ fn devices_list_the_cpu() {
 
 fn round_trip(m: &Model, text: &str) {
     let v = m.vocab();
-    let tokens = v.tokenize(text, false, false).unwrap();
+    let tokens = v.tokenize(text, AddSpecial::No, ParseSpecial::No).unwrap();
     assert!(!tokens.is_empty());
     assert!(tokens.iter().all(|t| t.0 >= 0 && t.0 < v.n_tokens()));
-    assert_eq!(v.detokenize(&tokens, false, false).unwrap(), text, "tokens {tokens:?}");
+    assert_eq!(v.detokenize(&tokens, RemoveSpecial::No, RenderSpecial::No).unwrap(), text, "tokens {tokens:?}");
     // Pieces concatenated give the same bytes (byte tokens may split a character).
     let mut bytes = Vec::new();
     for &t in &tokens {
-        v.token_to_piece_into(t, false, &mut bytes).unwrap();
+        v.token_to_piece_into(t, RenderSpecial::No, &mut bytes).unwrap();
     }
     let joined = String::from_utf8(bytes).unwrap();
     assert_eq!(joined.trim_start(), text.trim_start());
@@ -74,8 +75,8 @@ fn bpe_vocab_round_trips_text() {
 fn tokenize_adds_bos_when_asked() {
     let v = tiny().vocab();
     let bos = v.bos().expect("synthetic SPM has BOS");
-    let with = v.tokenize("hello", true, false).unwrap();
-    let without = v.tokenize("hello", false, false).unwrap();
+    let with = v.tokenize("hello", AddSpecial::Yes, ParseSpecial::No).unwrap();
+    let without = v.tokenize("hello", AddSpecial::No, ParseSpecial::No).unwrap();
     assert_eq!(with[0], bos);
     assert_eq!(&with[1..], &without[..]);
     assert!(v.is_eog(v.eos().unwrap()));
@@ -88,11 +89,14 @@ fn bad_token_ids_are_errors() {
     let n = v.n_tokens();
     for bad in [Token(-1), Token(n), Token(i32::MAX), Token(i32::MIN)] {
         assert!(
-            matches!(v.token_to_piece(bad, false), Err(Error::InvalidToken { token, n_vocab }) if token == bad.0 && n_vocab == n)
+            matches!(v.token_to_piece(bad, RenderSpecial::No), Err(Error::InvalidToken { token, n_vocab }) if token == bad.0 && n_vocab == n)
         );
         assert!(matches!(v.token_text(bad), Err(Error::InvalidToken { .. })));
         assert!(matches!(v.token_score(bad), Err(Error::InvalidToken { .. })));
-        assert!(matches!(v.detokenize(&[Token(1), bad], false, false), Err(Error::InvalidToken { .. })));
+        assert!(matches!(
+            v.detokenize(&[Token(1), bad], RemoveSpecial::No, RenderSpecial::No),
+            Err(Error::InvalidToken { .. })
+        ));
         assert!(!v.is_eog(bad));
         assert!(!v.is_control(bad));
     }
@@ -105,8 +109,8 @@ fn vocab_only_model_tokenizes_but_has_no_context() {
     let m = Model::load_with(tiny_path(VocabKind::Spm), ModelParams::default().vocab_only(true)).unwrap();
     assert!(m.is_vocab_only());
     assert_eq!(
-        m.vocab().tokenize("hello world", false, false).unwrap(),
-        tiny().vocab().tokenize("hello world", false, false).unwrap()
+        m.vocab().tokenize("hello world", AddSpecial::No, ParseSpecial::No).unwrap(),
+        tiny().vocab().tokenize("hello world", AddSpecial::No, ParseSpecial::No).unwrap()
     );
     assert!(matches!(m.new_context(Default::default()), Err(Error::ContextCreate { .. })));
 }

@@ -12,6 +12,7 @@ use common::edit::Edit;
 use common::{assert_child_ok, in_child, real_model, real_model_path, run_in_child, temp_dir, tiny, tiny_path};
 use llama_rs::synthetic::VocabKind;
 use llama_rs::{sys, Batch, ContextParams, Error, KvOverride, Model, ModelParams, Token, MAX_POS};
+use llama_rs::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use std::path::{Path, PathBuf};
 
 /// A context small enough for the tests, one thread.
@@ -149,9 +150,9 @@ fn huge_batch_is_an_error() {
         // Tokenizing, detokenizing and formatting: buffers grow fallibly too
         // (the sizes here are fine; the point is that they work unchanged).
         let v = tiny().vocab();
-        let toks = v.tokenize("hello world", true, false).unwrap();
+        let toks = v.tokenize("hello world", AddSpecial::Yes, ParseSpecial::No).unwrap();
         assert!(!toks.is_empty());
-        assert!(!v.detokenize(&toks, false, false).unwrap().is_empty());
+        assert!(!v.detokenize(&toks, RemoveSpecial::No, RenderSpecial::No).unwrap().is_empty());
         return;
     }
     assert_child_ok(NAME, &run_in_child(NAME));
@@ -303,14 +304,15 @@ fn the_real_model_works_end_to_end() {
     let rows = embed_rows(m, 3);
     assert!(rows.iter().all(|r| r.len() == 576));
     let mut ctx = m.new_context(params()).unwrap();
-    let toks = m.vocab().tokenize("The capital of France is", true, false).unwrap();
+    let toks = m.vocab().tokenize("The capital of France is", AddSpecial::Yes, ParseSpecial::No).unwrap();
     let mut b = Batch::new(toks.len(), 1).unwrap();
     b.add_sequence(&toks, 0, 0, true).unwrap();
     ctx.decode(&mut b).unwrap();
     let logits = ctx.logits(ctx.last_output().unwrap()).unwrap();
     assert_eq!(logits.len(), m.vocab().n_tokens() as usize);
     let best = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-    let piece = String::from_utf8_lossy(&m.vocab().token_to_piece(Token(best as i32), false).unwrap()).into_owned();
+    let piece =
+        String::from_utf8_lossy(&m.vocab().token_to_piece(Token(best as i32), RenderSpecial::No).unwrap()).into_owned();
     assert_eq!(piece.trim(), "Paris", "greedy next token of SmolLM2");
 }
 
@@ -529,11 +531,11 @@ fn missing_special_tokens_are_a_tokenize_error() {
         let m = Model::load_with(&path, ModelParams::default().vocab_only(true)).expect("the UGM vocabulary loads");
         let v = m.vocab();
         assert!(v.add_bos() && v.bos().is_none(), "add_bos {}, bos {:?}", v.add_bos(), v.bos());
-        match v.tokenize("hello", true, false) {
+        match v.tokenize("hello", AddSpecial::Yes, ParseSpecial::No) {
             Err(Error::Tokenize { message }) => assert!(message.contains("BOS"), "{message}"),
             other => panic!("{other:?}"),
         }
-        assert!(!v.tokenize("hello", false, false).unwrap().is_empty());
+        assert!(!v.tokenize("hello", AddSpecial::No, ParseSpecial::No).unwrap().is_empty());
         return;
     }
     assert_child_ok(NAME, &run_in_child(NAME));

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{tiny, tiny_bpe};
+use llama_rs::{AddSpecial, ParseSpecial, RenderSpecial};
 use llama_rs::{Batch, Context, ContextParams, Error, Model, Sampler, Token, RANDOM_SEED};
 
 fn ctx(model: &'static Model) -> Context<'static> {
@@ -12,7 +13,7 @@ fn ctx(model: &'static Model) -> Context<'static> {
 
 /// Decodes a short prompt with logits on the last row; returns that row.
 fn decode_prompt(c: &mut Context) -> i32 {
-    let tokens = c.vocab().tokenize("the quick brown fox", true, false).unwrap();
+    let tokens = c.vocab().tokenize("the quick brown fox", AddSpecial::Yes, ParseSpecial::No).unwrap();
     let mut b = Batch::new(tokens.len(), 1).unwrap();
     b.add_sequence(&tokens, 0, 0, true).unwrap();
     c.decode(&mut b).unwrap();
@@ -41,7 +42,7 @@ fn token_for(model: &Model, text: &str) -> Token {
     let v = model.vocab();
     (0..v.n_tokens())
         .map(Token)
-        .find(|&t| v.token_to_piece(t, false).unwrap() == text.as_bytes())
+        .find(|&t| v.token_to_piece(t, RenderSpecial::No).unwrap() == text.as_bytes())
         .unwrap_or_else(|| panic!("no token for {text:?}"))
 }
 
@@ -326,7 +327,7 @@ fn grammar_dead_end_is_error() {
     let v = m.vocab();
     let banned: Vec<(Token, f32)> = (0..v.n_tokens())
         .map(Token)
-        .filter(|&t| v.token_to_piece(t, false).unwrap().first() == Some(&b'z'))
+        .filter(|&t| v.token_to_piece(t, RenderSpecial::No).unwrap().first() == Some(&b'z'))
         .map(|t| (t, f32::NEG_INFINITY))
         .collect();
     let mut s =

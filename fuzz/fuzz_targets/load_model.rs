@@ -8,6 +8,7 @@
 //! project's micro and tiny synthetic models there (scripts/fuzz does).
 #![no_main]
 
+use llama_rs::{AddSpecial, ParseSpecial, RenderSpecial, RemoveSpecial};
 use libfuzzer_sys::fuzz_target;
 use llama_rs::{Batch, ChatMessage, Model, Sampler, Token};
 use llama_rs_fuzz::{cpu_params, scratch_file, small_context_params, write_model_seeds};
@@ -26,9 +27,9 @@ fn exercise_vocab(model: &Model) {
     for text in ["Hello world", " <|im_start|>user\n\u{e9}\u{1F600}</s>", ""] {
         for (add, parse) in [(true, true), (false, false)] {
             if let Ok(tokens) = vocab.tokenize(text, add, parse) {
-                let _ = vocab.detokenize(&tokens, false, true);
+                let _ = vocab.detokenize(&tokens, RemoveSpecial::No, RenderSpecial::Yes);
                 for &t in tokens.iter().take(8) {
-                    let _ = vocab.token_to_piece(t, true);
+                    let _ = vocab.token_to_piece(t, RenderSpecial::Yes);
                     let _ = (vocab.token_text(t), vocab.token_score(t), vocab.is_eog(t), vocab.is_control(t));
                 }
             }
@@ -37,9 +38,9 @@ fn exercise_vocab(model: &Model) {
     for id in [0, 1, 2, vocab.n_tokens() - 1, vocab.n_tokens(), -1, i32::MAX] {
         let t = Token(id);
         if vocab.check(t).is_err() {
-            assert!(vocab.token_to_piece(t, true).is_err(), "token_to_piece accepted invalid id {id}");
+            assert!(vocab.token_to_piece(t, RenderSpecial::Yes).is_err(), "token_to_piece accepted invalid id {id}");
         }
-        let _ = vocab.detokenize(&[t], true, false);
+        let _ = vocab.detokenize(&[t], RemoveSpecial::Yes, RenderSpecial::No);
     }
     let _ = model.apply_chat_template(&[ChatMessage::system("s"), ChatMessage::user("hi")], true);
 }
@@ -47,7 +48,7 @@ fn exercise_vocab(model: &Model) {
 fn exercise_model(model: &Model) {
     let Ok(mut ctx) = model.new_context(small_context_params()) else { return };
     let vocab = model.vocab();
-    let mut tokens = vocab.tokenize("Hello world", true, false).unwrap_or_default();
+    let mut tokens = vocab.tokenize("Hello world", AddSpecial::Yes, ParseSpecial::No).unwrap_or_default();
     tokens.truncate(4);
     if tokens.is_empty() {
         if vocab.n_tokens() <= 0 {

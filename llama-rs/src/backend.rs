@@ -118,3 +118,27 @@ pub fn system_info() -> String {
     // SAFETY: returns a pointer to a static buffer inside llama.cpp.
     unsafe { crate::ffi::string_from_ptr(sys::llama_print_system_info()) }
 }
+
+/// The number of physical CPU cores (hyper-threads of one core counted once),
+/// at most the CPUs this process may run on: the default thread count, as
+/// llama.cpp's own tools choose it (a second thread per core slows token
+/// generation down). Read from Linux's CPU topology; elsewhere, or when it
+/// cannot be read, every available CPU.
+pub fn physical_cores() -> u32 {
+    let available = std::thread::available_parallelism().map_or(4, |n| n.get());
+    let mut siblings = std::collections::HashSet::new();
+    if let Ok(dir) = std::fs::read_dir("/sys/devices/system/cpu") {
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !(name.starts_with("cpu") && name[3..].bytes().all(|b| b.is_ascii_digit()) && name.len() > 3) {
+                continue;
+            }
+            if let Ok(list) = std::fs::read_to_string(entry.path().join("topology/thread_siblings_list")) {
+                siblings.insert(list.trim().to_string());
+            }
+        }
+    }
+    let physical = if siblings.is_empty() { available } else { siblings.len() };
+    physical.min(available).max(1) as u32
+}

@@ -1,14 +1,15 @@
 //! A context: the KV cache and compute state for decoding with a [`Model`].
 
-use crate::backend::{clear_log_error, log_error_or};
+use crate::backend::log_error_or;
 use crate::batch::{Batch, Pos, SeqId, MAX_POS};
 use crate::error::{Error, Result};
-use crate::ffi::{check_shim, try_with_capacity};
-use crate::model::{Model, SplitMode};
+use crate::ffi::{shim_ptr, shim_value, try_with_capacity};
+use crate::model::{Model, ModelRef, SplitMode};
 use crate::vocab::Vocab;
 use llama_sys as sys;
 use std::ops::{Bound, RangeBounds};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// When to use flash attention.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -112,46 +113,55 @@ impl std::str::FromStr for KvType {
     }
 }
 
-/// Parameters for [`Model::new_context`]. Defaults: context length from the
-/// model, n_batch 2048, n_ubatch 512, one sequence, all CPU threads, flash
-/// attention auto, F16 KV cache, no embeddings.
+/// Context length a [`ContextParams`] asks for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CtxSize {
+    /// [`DEFAULT_N_CTX`] tokens, or the model's training length when that is
+    /// smaller (the default: a 128k-token model does not get a 16 GiB cache
+    /// unasked).
+    #[default]
+    Default,
+    /// The model's training length ([`Model::n_ctx_train`]).
+    Train,
+    /// This many tokens (llama.cpp pads it to a multiple of 256).
+    Tokens(u32),
+}
+
+/// The context length a context gets unless told otherwise: 4096 tokens, or
+/// the model's training length when smaller.
+pub const DEFAULT_N_CTX: u32 = 4096;
+
+/// Parameters for [`Model::new_context`]: a setter for every field, checked
+/// when the context is created. Defaults: [`CtxSize::Default`] (4096 tokens
+/// or the training length when smaller), n_batch 2048, n_ubatch 512, one
+/// sequence, one KV stream per sequence, the physical CPU cores as threads,
+/// flash attention auto, F16 KV cache, no embeddings, KV cache on the GPU.
 #[derive(Clone, Debug)]
 pub struct ContextParams {
-    /// Context length in tokens; `None` = the model's training length.
-    /// llama.cpp pads it (read back [`Context::n_ctx`]).
-    pub n_ctx: Option<u32>,
-    /// Most tokens one `decode` call may take.
-    pub n_batch: u32,
-    /// Physical batch size llama.cpp computes at once (<= n_batch).
-    pub n_ubatch: u32,
-    /// Number of sequences (distinct KV states) the context holds.
-    pub n_seq_max: u32,
-    /// Threads for single-token decoding.
-    pub n_threads: u32,
-    /// Threads for prompt (batch) decoding.
-    pub n_threads_batch: u32,
-    /// Flash attention.
-    pub flash_attention: FlashAttention,
-    /// K cache type.
-    pub type_k: KvType,
-    /// V cache type (quantized types need flash attention).
-    pub type_v: KvType,
-    /// Also compute embeddings.
-    pub embeddings: bool,
-    /// Keep the KV cache and attention on the GPU (default true).
-    pub offload_kqv: bool,
-    /// Skip performance counters.
-    pub no_perf: bool,
+    n_ctx: CtxSize,
+    n_batch: u32,
+    n_ubatch: u32,
+    n_seq_max: u32,
+    kv_unified: bool,
+    n_threads: u32,
+    n_threads_batch: u32,
+    flash_attention: FlashAttention,
+    type_k: KvType,
+    type_v: KvType,
+    embeddings: bool,
+    offload_kqv: bool,
+    no_perf: bool,
 }
 
 impl Default for ContextParams {
     fn default() -> Self {
-        let threads = std::thread::available_parallelism().map_or(4, |n| n.get() as u32);
+        let threads = crate::backend::physical_cores();
         ContextParams {
-            n_ctx: None,
+            n_ctx: CtxSize::Default,
             n_batch: 2048,
             n_ubatch: 512,
             n_seq_max: 1,
+            kv_unified: false,
             n_threads: threads,
             n_threads_batch: threads,
             flash_attention: FlashAttention::Auto,
@@ -165,30 +175,56 @@ impl Default for ContextParams {
 }
 
 impl ContextParams {
-    /// Sets the context length.
+    /// Sets the context length in tokens (llama.cpp pads it; read back
+    /// [`Context::n_ctx`]).
     pub fn n_ctx(mut self, n: u32) -> Self {
-        self.n_ctx = Some(n);
+        self.n_ctx = CtxSize::Tokens(n);
         self
     }
-    /// Sets n_batch (and lowers n_ubatch to it if needed).
+    /// Sets the context length as a [`CtxSize`] (e.g. the training length).
+    pub fn ctx_size(mut self, size: CtxSize) -> Self {
+        self.n_ctx = size;
+        self
+    }
+    /// Sets n_batch, the most tokens one `decode` call may take (and lowers
+    /// n_ubatch to it if needed).
     pub fn n_batch(mut self, n: u32) -> Self {
         self.n_batch = n;
         self.n_ubatch = self.n_ubatch.min(n);
         self
     }
-    /// Sets n_ubatch.
+    /// Sets n_ubatch, the physical batch computed at once (<= n_batch).
     pub fn n_ubatch(mut self, n: u32) -> Self {
         self.n_ubatch = n;
         self
     }
-    /// Sets the number of sequences.
+    /// Sets the number of sequences (distinct KV states) the context holds.
     pub fn n_seq_max(mut self, n: u32) -> Self {
         self.n_seq_max = n;
+        self
+    }
+    /// One KV cache shared by all sequences (`true`), instead of one stream
+    /// of `n_ctx / n_seq_max` cells per sequence (default `false`). A unified
+    /// cache lets sequences share cells (a common prompt prefix is stored
+    /// once, [`Context::seq_cp`] of any range) and lets one sequence use more
+    /// than its share; the serving [`Engine`](crate::Engine) uses it.
+    pub fn kv_unified(mut self, yes: bool) -> Self {
+        self.kv_unified = yes;
         self
     }
     /// Sets both thread counts.
     pub fn threads(mut self, n: u32) -> Self {
         self.n_threads = n;
+        self.n_threads_batch = n;
+        self
+    }
+    /// Sets the threads for single-token (generation) decodes.
+    pub fn n_threads(mut self, n: u32) -> Self {
+        self.n_threads = n;
+        self
+    }
+    /// Sets the threads for prompt (batch) decodes.
+    pub fn n_threads_batch(mut self, n: u32) -> Self {
         self.n_threads_batch = n;
         self
     }
@@ -203,10 +239,73 @@ impl ContextParams {
         self.type_v = t;
         self
     }
+    /// Sets the K cache type.
+    pub fn type_k(mut self, t: KvType) -> Self {
+        self.type_k = t;
+        self
+    }
+    /// Sets the V cache type (quantized types need flash attention).
+    pub fn type_v(mut self, t: KvType) -> Self {
+        self.type_v = t;
+        self
+    }
     /// Enables embeddings output.
     pub fn embeddings(mut self, yes: bool) -> Self {
         self.embeddings = yes;
         self
+    }
+    /// Keeps the KV cache and attention on the GPU (default true).
+    pub fn offload_kqv(mut self, yes: bool) -> Self {
+        self.offload_kqv = yes;
+        self
+    }
+    /// Skips llama.cpp's performance counters.
+    pub fn no_perf(mut self, yes: bool) -> Self {
+        self.no_perf = yes;
+        self
+    }
+
+    /// The context length these parameters give with `model`, before
+    /// llama.cpp's padding.
+    pub fn resolved_n_ctx(&self, model: &Model) -> u32 {
+        match self.n_ctx {
+            CtxSize::Default => match model.n_ctx_train() {
+                0 => DEFAULT_N_CTX,
+                t => t.min(DEFAULT_N_CTX),
+            },
+            CtxSize::Train => model.n_ctx_train(),
+            CtxSize::Tokens(n) => n,
+        }
+    }
+
+    /// The sequences per context these parameters ask for.
+    pub fn seq_max(&self) -> u32 {
+        self.n_seq_max
+    }
+
+    /// The raw llama.cpp parameters these settings give with `model`, for
+    /// [`crate::sys`] calls (the benchmarks build raw contexts with them).
+    pub fn to_raw(&self, model: &Model) -> sys::llama_context_params {
+        // SAFETY: plain struct of defaults.
+        let mut raw = unsafe { sys::llama_context_default_params() };
+        raw.n_ctx = self.resolved_n_ctx(model);
+        raw.n_batch = self.n_batch;
+        raw.n_ubatch = self.n_ubatch.min(self.n_batch);
+        raw.n_seq_max = self.n_seq_max;
+        raw.kv_unified = self.kv_unified;
+        raw.n_threads = self.n_threads.min(i32::MAX as u32) as i32;
+        raw.n_threads_batch = self.n_threads_batch.min(i32::MAX as u32) as i32;
+        raw.flash_attn_type = match self.flash_attention {
+            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        raw.type_k = self.type_k.raw();
+        raw.type_v = self.type_v.raw();
+        raw.embeddings = self.embeddings;
+        raw.offload_kqv = self.offload_kqv;
+        raw.no_perf = self.no_perf;
+        raw
     }
 
     fn validate(&self, model: &Model) -> Result<()> {
@@ -227,7 +326,7 @@ impl ContextParams {
         nonzero("n_seq_max", self.n_seq_max)?;
         nonzero("n_threads", self.n_threads)?;
         nonzero("n_threads_batch", self.n_threads_batch)?;
-        if let Some(n) = self.n_ctx {
+        if let CtxSize::Tokens(n) = self.n_ctx {
             nonzero("n_ctx", n)?;
         }
         let max_seq = crate::ffi::max_sequences();
@@ -238,7 +337,7 @@ impl ContextParams {
         // n_ctx (causal models), then reserves one output row per sequence
         // and asserts that they fit in n_batch (llama-context.cpp:135, 248,
         // 379, 2275): check both here.
-        let n_ctx = self.n_ctx.unwrap_or_else(|| model.n_ctx_train());
+        let n_ctx = self.resolved_n_ctx(model);
         if n_ctx == 0 {
             return Err(Error::invalid("n_ctx", 0, "the model gives no training context length: set n_ctx"));
         }
@@ -299,7 +398,12 @@ pub struct PerfContext {
 /// ```
 pub struct Context<'m> {
     ptr: NonNull<sys::llama_context>,
-    model: &'m Model,
+    model: ModelRef<'m>,
+    kv_unified: bool,
+    kv_types: (KvType, KvType),
+    /// The abort callback llama.cpp calls during decodes; boxed so that its
+    /// address stays put while the context moves.
+    abort: Option<Box<Box<AbortFn>>>,
     n_ctx: u32,
     n_batch: u32,
     n_ubatch: u32,
@@ -312,7 +416,7 @@ pub struct Context<'m> {
 
 // SAFETY: a llama_context may be used from any thread, one at a time; `&mut
 // self` on every mutating method and the missing Sync ensure that. The model
-// it borrows is Sync.
+// it borrows or shares is Sync; the abort callback is `Send`.
 unsafe impl Send for Context<'_> {}
 
 impl std::fmt::Debug for Context<'_> {
@@ -326,71 +430,96 @@ impl std::fmt::Debug for Context<'_> {
     }
 }
 
+/// A context's abort callback (see [`Context::set_abort_callback`]).
+type AbortFn = dyn FnMut() -> bool + Send;
+
+extern "C" fn abort_trampoline(user: *mut std::os::raw::c_void) -> bool {
+    // SAFETY: `user` is the `Box<AbortFn>` the context owns and registered;
+    // llama.cpp calls back only during a decode on the thread that holds
+    // `&mut Context`, so nothing else touches it meanwhile.
+    let f = unsafe { &mut *(user as *mut Box<AbortFn>) };
+    // A panic must not unwind into C: it aborts the decode instead.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(true)
+}
+
 impl Model {
-    /// Creates a context on this model. Parameters are checked first; the
-    /// values llama.cpp actually chose (padding, clamping) are read back.
+    /// Creates a context on this model, borrowing it. Parameters are checked
+    /// first; the values llama.cpp actually chose (padding, clamping) are
+    /// read back.
     pub fn new_context(&self, params: ContextParams) -> Result<Context<'_>> {
         if self.dry {
             return Err(Error::ContextCreate { message: "the model was loaded for a memory plan only".into() });
         }
-        self.create_context(params)
+        Context::create(ModelRef::Borrowed(self), params)
+    }
+
+    /// Creates a context that holds its model through the `Arc`: a
+    /// `Context<'static>`, which can live in a server's shared state, a
+    /// spawned thread or a struct beside the model, without leaking it. The
+    /// model is freed when the last `Arc` (contexts and samplers included) goes.
+    ///
+    /// ```no_run
+    /// # fn f() -> llama_rs::Result<()> {
+    /// use std::sync::Arc;
+    /// let model = Arc::new(llama_rs::Model::load("model.gguf")?);
+    /// let ctx: llama_rs::Context<'static> = model.new_owned_context(Default::default())?;
+    /// std::thread::spawn(move || drop(ctx)).join().unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn new_owned_context(self: &Arc<Self>, params: ContextParams) -> Result<Context<'static>> {
+        if self.dry {
+            return Err(Error::ContextCreate { message: "the model was loaded for a memory plan only".into() });
+        }
+        Context::create(ModelRef::Shared(Arc::clone(self)), params)
     }
 
     /// A context whose allocations are only simulated (memory plans).
     pub(crate) fn new_context_dry(&self, params: ContextParams) -> Result<Context<'_>> {
         debug_assert!(self.dry);
-        self.create_context(params)
+        Context::create(ModelRef::Borrowed(self), params)
     }
+}
 
-    fn create_context(&self, params: ContextParams) -> Result<Context<'_>> {
-        params.validate(self)?;
-        // SAFETY: plain struct of defaults.
-        let mut raw = unsafe { sys::llama_context_default_params() };
-        raw.n_ctx = params.n_ctx.unwrap_or(0);
-        raw.n_batch = params.n_batch;
-        raw.n_ubatch = params.n_ubatch.min(params.n_batch);
-        raw.n_seq_max = params.n_seq_max;
-        raw.n_threads = params.n_threads as i32;
-        raw.n_threads_batch = params.n_threads_batch as i32;
-        raw.flash_attn_type = match params.flash_attention {
-            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
-            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
-            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
-        };
-        raw.type_k = params.type_k.raw();
-        raw.type_v = params.type_v.raw();
-        raw.embeddings = params.embeddings;
-        raw.offload_kqv = params.offload_kqv;
-        raw.no_perf = params.no_perf;
-
-        let mut ctx: *mut sys::llama_context = std::ptr::null_mut();
-        let status = {
+impl<'m> Context<'m> {
+    fn create(model: ModelRef<'m>, params: ContextParams) -> Result<Context<'m>> {
+        params.validate(&model)?;
+        let raw = params.to_raw(&model);
+        let ptr = {
             // Context creation writes to the model: one at a time per model.
-            let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-            clear_log_error();
-            // SAFETY: live model, plain parameter struct; the shim catches
-            // C++ exceptions.
-            unsafe { sys::llama_rs_init_from_model(self.as_ptr(), raw, &mut ctx) }
+            let _guard = model.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+            shim_ptr(
+                "llama_init_from_model",
+                "llama.cpp returned no context",
+                // SAFETY: live model, plain parameter struct; the shim catches
+                // C++ exceptions.
+                |out| unsafe { sys::llama_rs_init_from_model(model.as_ptr(), raw, out) },
+                |message| Error::ContextCreate { message },
+            )?
         };
-        check_shim("llama_init_from_model", status)?;
-        let ptr = NonNull::new(ctx)
-            .ok_or_else(|| Error::ContextCreate { message: log_error_or("llama.cpp returned no context") })?;
         // SAFETY: live context.
         let (n_ctx, n_batch, n_ubatch, n_seq_max) = unsafe {
             let c = ptr.as_ptr();
             (sys::llama_n_ctx(c), sys::llama_n_batch(c), sys::llama_n_ubatch(c), sys::llama_n_seq_max(c))
         };
-        Ok(Context {
+        let n_vocab = model.vocab().n_tokens();
+        let ctx = Context {
             ptr,
-            model: self,
+            model,
+            kv_unified: params.kv_unified,
+            kv_types: (params.type_k, params.type_v),
+            abort: None,
             n_ctx,
             n_batch,
             n_ubatch,
             n_seq_max,
-            n_vocab: self.vocab().n_tokens(),
+            n_vocab,
             embeddings: params.embeddings,
-            outputs: try_with_capacity(n_batch as usize, "the context's output flags", n_batch as usize)?,
-        })
+            // Freed by Drop if this fails.
+            outputs: Vec::new(),
+        };
+        let mut ctx = ctx;
+        ctx.outputs = try_with_capacity(n_batch as usize, "the context's output flags", n_batch as usize)?;
+        Ok(ctx)
     }
 }
 
@@ -422,13 +551,64 @@ impl<'m> Context<'m> {
     }
 
     /// The model.
-    pub fn model(&self) -> &'m Model {
-        self.model
+    pub fn model(&self) -> &Model {
+        &self.model
     }
 
     /// The model's vocabulary.
-    pub fn vocab(&self) -> Vocab<'m> {
+    pub fn vocab(&self) -> Vocab<'_> {
         self.model.vocab()
+    }
+
+    /// The raw `llama_context` pointer, for [`crate::sys`] calls the safe API
+    /// does not cover. Valid while `self` lives; never free it. Using it is
+    /// `unsafe` and bypasses every check of this crate.
+    pub fn as_raw_ptr(&self) -> *mut sys::llama_context {
+        self.as_ptr()
+    }
+
+    /// Whether all sequences share one KV cache ([`ContextParams::kv_unified`]).
+    pub fn kv_unified(&self) -> bool {
+        self.kv_unified
+    }
+
+    /// The K and V cache types.
+    pub fn kv_types(&self) -> (KvType, KvType) {
+        self.kv_types
+    }
+
+    /// Cells one sequence can hold: `n_ctx` with a unified cache, else its
+    /// share `n_ctx / n_seq_max`.
+    pub fn n_ctx_seq(&self) -> u32 {
+        // SAFETY: live context; a plain query.
+        unsafe { sys::llama_n_ctx_seq(self.as_ptr()) }
+    }
+
+    /// Installs `f`, called by llama.cpp between the steps of every decode:
+    /// returning `true` stops the decode, which then returns
+    /// [`Error::Aborted`]. This is how another thread cancels a long prompt
+    /// (`f` reads a flag it sets). What the aborted decode had put in the KV
+    /// cache for its last micro-batch is removed by llama.cpp; earlier
+    /// micro-batches of the same call stay (remove them with
+    /// [`seq_rm`](Self::seq_rm) to retry). A panic in `f` aborts the decode.
+    /// `None` removes it.
+    pub fn set_abort_callback(&mut self, f: Option<Box<dyn FnMut() -> bool + Send>>) {
+        match f {
+            Some(f) => {
+                let mut boxed: Box<Box<AbortFn>> = Box::new(f);
+                let user = (&mut *boxed as *mut Box<AbortFn>).cast();
+                // SAFETY: live context; `user` points to the heap box kept in
+                // `self.abort` until it is replaced or the context is freed
+                // (this call and Drop unregister it first).
+                unsafe { sys::llama_set_abort_callback(self.as_ptr(), Some(abort_trampoline), user) };
+                self.abort = Some(boxed);
+            }
+            None => {
+                // SAFETY: live context; unregisters before the box is dropped.
+                unsafe { sys::llama_set_abort_callback(self.as_ptr(), None, std::ptr::null_mut()) };
+                self.abort = None;
+            }
+        }
     }
 
     /// Context length actually allocated (llama.cpp pads the request).
@@ -524,12 +704,12 @@ impl<'m> Context<'m> {
         self.check_batch(batch)?;
         self.outputs.clear();
         let raw = batch.as_raw();
-        let mut ret = 0i32;
-        clear_log_error();
-        // SAFETY: the batch was checked above (size, ids, sequences); its
-        // buffers outlive the call; the shim catches C++ exceptions.
-        let status = unsafe { sys::llama_rs_decode(self.as_ptr(), raw, &mut ret) };
-        check_shim("llama_decode", status)?;
+        let ret = shim_value(
+            "llama_decode",
+            // SAFETY: the batch was checked above (size, ids, sequences); its
+            // buffers outlive the call; the shim catches C++ exceptions.
+            |ret| unsafe { sys::llama_rs_decode(self.as_ptr(), raw, ret) },
+        )?;
         match ret {
             0 => {
                 if self.embeddings {
@@ -541,13 +721,8 @@ impl<'m> Context<'m> {
                 }
                 Ok(())
             }
-            1 => Err(Error::Decode {
-                code: 1,
-                message: log_error_or(
-                    "no KV cache slot for the batch: the context is full (clear sequences or use a larger n_ctx)",
-                ),
-            }),
-            2 => Err(Error::Decode { code: 2, message: "aborted".into() }),
+            1 => Err(Error::ContextFull { n_ctx: self.n_ctx, message: log_error_or("no KV cache slot for the batch") }),
+            2 => Err(Error::Aborted),
             code => Err(Error::Decode { code, message: log_error_or("llama_decode failed") }),
         }
     }
@@ -639,18 +814,20 @@ impl<'m> Context<'m> {
         Ok(unsafe { sys::llama_memory_seq_rm(self.memory(), seq.unwrap_or(-1), p0, p1) })
     }
 
-    /// Copies positions `range` of sequence `src` to sequence `dst`. In a
-    /// context of several sequences each has its own KV stream, and llama.cpp
-    /// copies between streams only whole sequences: there the range must be
-    /// `..` (or start at 0 and be unbounded), else [`Error::Memory`].
+    /// Copies positions `range` of sequence `src` to sequence `dst`. With a
+    /// unified cache ([`ContextParams::kv_unified`]) the cells are shared, not
+    /// copied, and any range works. Otherwise each sequence of a context of
+    /// several has its own KV stream, and llama.cpp copies between streams only
+    /// whole sequences: there the range must be `..` (or start at 0 and be
+    /// unbounded), else [`Error::Memory`].
     pub fn seq_cp(&mut self, src: SeqId, dst: SeqId, range: impl RangeBounds<Pos>) -> Result<()> {
         self.check_seq(src)?;
         self.check_seq(dst)?;
         let (p0, p1) = pos_range(range)?;
-        // Each sequence has its own KV stream (llama-rs never sets kv_unified),
-        // and llama.cpp copies across streams only whole buffers: a partial
-        // range aborts (`llama-kv-cache.cpp:524`).
-        if src != dst && self.n_seq_max > 1 && (p0 > 0 || p1 >= 0) {
+        // Without kv_unified each sequence has its own KV stream, and
+        // llama.cpp copies across streams only whole buffers: a partial range
+        // aborts (`llama-kv-cache.cpp:524`). A unified cache shares cells.
+        if src != dst && self.n_seq_max > 1 && !self.kv_unified && (p0 > 0 || p1 >= 0) {
             return Err(Error::Memory {
                 op: "seq_cp",
                 reason: format!(

@@ -58,6 +58,30 @@ pub enum Error {
     #[error("batch of {n_tokens} tokens: {reason}")]
     BatchInvalid { n_tokens: usize, reason: String },
 
+    /// The KV cache has no room for the batch: remove sequences or positions
+    /// ([`Context::seq_rm`](crate::Context::seq_rm)), or create the context
+    /// with a larger n_ctx.
+    #[error("the context is full (n_ctx = {n_ctx}): {message}; free sequences or positions, or use a larger n_ctx")]
+    ContextFull { n_ctx: u32, message: String },
+
+    /// The decode was stopped by the abort callback, or a request was
+    /// cancelled.
+    #[error("aborted: the decode or request was cancelled")]
+    Aborted,
+
+    /// A grammar does not allow this token (an end-of-generation token
+    /// before the grammar is complete, or a token it forbids).
+    #[error("the grammar does not allow token {token} ({what}) here{hint}")]
+    GrammarRejected { token: i32, what: String, hint: &'static str },
+
+    /// A prompt longer than a request may be.
+    #[error("the prompt has {n_prompt} tokens, more than the {n_ctx} a request may use: shorten it, or use a larger n_ctx (or fewer slots)")]
+    PromptTooLong { n_prompt: usize, n_ctx: usize },
+
+    /// A sequence state that cannot be saved or loaded here.
+    #[error("sequence state: {message}")]
+    State { message: String },
+
     /// llama_decode/llama_encode returned an error code.
     #[error("decode failed (code {code}): {message}")]
     Decode { code: i32, message: String },

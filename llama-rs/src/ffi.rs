@@ -37,6 +37,36 @@ pub(crate) fn check_shim(function: &'static str, status: i32) -> Result<()> {
     }
 }
 
+/// The one way to make a shim call that hands back a pointer (git2's
+/// `try_call!`): forgets this thread's last logged llama.cpp error, runs
+/// `call` (which writes the pointer and returns the shim status), and turns a
+/// caught C++ exception into [`Error::Exception`] and a NULL pointer into
+/// `on_null(reason)`, the reason being the error line llama.cpp logged during
+/// the call, or `fallback` when it logged none.
+pub(crate) fn shim_ptr<T>(
+    function: &'static str,
+    fallback: &str,
+    call: impl FnOnce(&mut *mut T) -> i32,
+    on_null: impl FnOnce(String) -> Error,
+) -> Result<std::ptr::NonNull<T>> {
+    let mut out: *mut T = std::ptr::null_mut();
+    crate::backend::clear_log_error();
+    let status = call(&mut out);
+    check_shim(function, status)?;
+    std::ptr::NonNull::new(out).ok_or_else(|| on_null(crate::backend::log_error_or(fallback)))
+}
+
+/// As [`shim_ptr`] for a shim call that hands back an integer (decode,
+/// quantize): the value, or [`Error::Exception`]. Read the reason for a bad
+/// value with [`crate::backend::log_error_or`] right after.
+pub(crate) fn shim_value<T: Default>(function: &'static str, call: impl FnOnce(&mut T) -> i32) -> Result<T> {
+    let mut out = T::default();
+    crate::backend::clear_log_error();
+    let status = call(&mut out);
+    check_shim(function, status)?;
+    Ok(out)
+}
+
 /// Copies a C string owned by llama.cpp; null gives "".
 ///
 /// # Safety

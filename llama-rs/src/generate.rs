@@ -28,7 +28,7 @@ use crate::batch::{Batch, Pos};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::sampler::Sampler;
-use crate::vocab::Token;
+use crate::vocab::{AddSpecial, ParseSpecial, RenderSpecial, Token};
 use std::time::{Duration, Instant};
 
 /// What the prompt is: text to tokenize, or tokens.
@@ -77,13 +77,15 @@ pub struct GenerateParams {
     /// Generation stops when one of these tokens is sampled (its text is not
     /// emitted). End-of-generation tokens (EOS, EOT, ...) always stop.
     pub stop_tokens: Vec<Token>,
-    /// Add BOS/EOS to a text prompt as the model asks (default true).
-    pub add_special: bool,
+    /// Add BOS/EOS to a text prompt as the model asks. `None` (the default):
+    /// only when sequence 0 is empty, so that a prompt continuing a
+    /// conversation does not get a second BOS in the middle.
+    pub add_special: Option<AddSpecial>,
     /// Parse special-token text (e.g. `<|im_start|>`) in a text prompt into
-    /// special tokens (default true: chat-template output needs it).
-    pub parse_special: bool,
-    /// Render control tokens in the output as their text (default false).
-    pub special: bool,
+    /// special tokens (default yes: chat-template output needs it).
+    pub parse_special: ParseSpecial,
+    /// Render control tokens in the output as their text (default no).
+    pub special: RenderSpecial,
     /// Clear the whole KV cache before decoding the prompt (default false:
     /// continue after what sequence 0 holds).
     pub clear_kv: bool,
@@ -95,9 +97,9 @@ impl Default for GenerateParams {
             max_tokens: 256,
             stop_strings: Vec::new(),
             stop_tokens: Vec::new(),
-            add_special: true,
-            parse_special: true,
-            special: false,
+            add_special: None,
+            parse_special: ParseSpecial::Yes,
+            special: RenderSpecial::No,
             clear_kv: false,
         }
     }
@@ -119,19 +121,20 @@ impl GenerateParams {
         self.stop_tokens.push(t);
         self
     }
-    /// Sets whether BOS/EOS are added to a text prompt.
-    pub fn add_special(mut self, yes: bool) -> Self {
-        self.add_special = yes;
+    /// Sets whether BOS/EOS are added to a text prompt (`None`: only when
+    /// the sequence is empty).
+    pub fn add_special(mut self, add: Option<AddSpecial>) -> Self {
+        self.add_special = add;
         self
     }
     /// Sets whether special-token text in a text prompt is parsed.
-    pub fn parse_special(mut self, yes: bool) -> Self {
-        self.parse_special = yes;
+    pub fn parse_special(mut self, parse: ParseSpecial) -> Self {
+        self.parse_special = parse;
         self
     }
     /// Sets whether control tokens are rendered in the output.
-    pub fn special(mut self, yes: bool) -> Self {
-        self.special = yes;
+    pub fn special(mut self, render: RenderSpecial) -> Self {
+        self.special = render;
         self
     }
     /// Sets whether the KV cache is cleared first.
@@ -229,6 +232,11 @@ impl TextAssembler {
         TextAssembler { pending: Vec::with_capacity(cap), stop_strings }
     }
 
+    /// Stop string number `i`.
+    pub(crate) fn stop_string(&self, i: usize) -> &str {
+        &self.stop_strings[i]
+    }
+
     /// The buffer to append a token's bytes to, before calling `push`.
     pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.pending
@@ -297,7 +305,7 @@ pub struct Generation<'g, 'm, 's> {
     batch: Batch,
     text: TextAssembler,
     stop_tokens: Vec<Token>,
-    special: bool,
+    special: RenderSpecial,
     max_tokens: usize,
     n_ctx: Pos,
     n_past: Pos,
@@ -342,6 +350,10 @@ impl<'m> Context<'m> {
         params: GenerateParams,
     ) -> Result<Generation<'g, 'm, 's>> {
         let started = Instant::now();
+        if params.clear_kv {
+            self.clear_kv(false);
+        }
+        let n_past = self.seq_pos_max(0)?.map_or(0, |p| p + 1);
         let vocab = self.vocab();
         if sampler.n_vocab() != vocab.n_tokens() {
             return Err(Error::Sampler {
@@ -362,7 +374,8 @@ impl<'m> Context<'m> {
         let tokens: &[Token] = match prompt.into() {
             Prompt::Tokens(t) => t,
             Prompt::Text(s) => {
-                owned = vocab.tokenize(s, params.add_special, params.parse_special)?;
+                let add = params.add_special.unwrap_or(AddSpecial::from(n_past == 0));
+                owned = vocab.tokenize(s, add, params.parse_special)?;
                 &owned
             }
         };
@@ -372,14 +385,7 @@ impl<'m> Context<'m> {
         for &t in tokens {
             vocab.check(t)?;
         }
-
-        if params.clear_kv {
-            self.clear_kv(false);
-        }
-        let n_past = self.seq_pos_max(0)?.map_or(0, |p| p + 1);
-        // SAFETY: live context; a plain query. With several sequences and a
-        // split cache, one sequence gets only its share of n_ctx.
-        let n_ctx = unsafe { llama_sys::llama_n_ctx_seq(self.as_ptr()) } as usize;
+        let n_ctx = self.n_ctx_seq() as usize;
         if n_past as usize + tokens.len() > n_ctx {
             return Err(Error::BatchInvalid {
                 n_tokens: tokens.len(),
@@ -389,6 +395,8 @@ impl<'m> Context<'m> {
                 ),
             });
         }
+        // Penalties and DRY see the prompt (the grammar does not).
+        sampler.accept_prompt(tokens)?;
 
         let n_batch = self.n_batch() as usize;
         let mut batch = Batch::new(n_batch, 1)?;

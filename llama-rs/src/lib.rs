@@ -17,6 +17,7 @@ mod batch;
 mod chat;
 mod context;
 mod device;
+mod engine;
 mod error;
 mod ffi;
 mod generate;
@@ -27,15 +28,20 @@ mod model;
 mod modules;
 mod quantize;
 mod sampler;
+mod state;
 pub mod synthetic;
 mod validate;
 mod vocab;
 
-pub use backend::{init, system_info};
+pub use backend::{init, physical_cores, system_info};
 pub use batch::{Batch, Pos, SeqId, MAX_POS};
 pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage};
-pub use context::{Context, ContextParams, FlashAttention, KvType, PerfContext};
+pub use context::{Context, ContextParams, CtxSize, FlashAttention, KvType, PerfContext, DEFAULT_N_CTX};
 pub use device::{default_gpus, devices, Device, DeviceKind};
+pub use engine::{
+    Completion, Engine, EngineParams, EngineStatus, Event, Finished, Logprobs, Request, RequestHandle, RequestStats,
+    SamplingParams, StreamPiece,
+};
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
 pub use hparams::supported_architectures;
@@ -47,7 +53,8 @@ pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
 pub use modules::{backend_modules, load_backend_dir, load_backend_module, pin_stamp, BackendModule};
 pub use quantize::{quantize, Ftype, QuantizeParams};
 pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
-pub use vocab::{Token, Vocab, VocabType};
+pub use state::SeqState;
+pub use vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.
 pub use llama_sys as sys;

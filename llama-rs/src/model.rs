@@ -9,7 +9,7 @@ use llama_sys as sys;
 use std::os::raw::c_void;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// How a model is spread over several GPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -106,10 +106,12 @@ pub enum KvOverride {
     Str(String),
 }
 
-type ProgressFn = Box<dyn FnMut(f32) -> bool + Send>;
+type ProgressFn = Arc<Mutex<dyn FnMut(f32) -> bool + Send>>;
 
 /// Parameters for [`Model::load`]. Every setter checks nothing; all checks
-/// happen in `load`, against the devices actually present.
+/// happen in `load`, against the devices actually present. Cloning shares the
+/// progress callback.
+#[derive(Clone)]
 pub struct ModelParams {
     n_gpu_layers: i32,
     split_mode: SplitMode,
@@ -232,7 +234,7 @@ impl ModelParams {
     /// load ([`Error::LoadCancelled`]). A panic in it is caught and returned as
     /// [`Error::CallbackPanic`].
     pub fn progress(mut self, f: impl FnMut(f32) -> bool + Send + 'static) -> Self {
-        self.progress = Some(Box::new(f));
+        self.progress = Some(Arc::new(Mutex::new(f)));
         self
     }
 
@@ -249,20 +251,7 @@ impl ModelParams {
     /// A copy of every setting but the progress callback (plans and fits
     /// load the metadata many times).
     pub(crate) fn clone_settings(&self) -> ModelParams {
-        ModelParams {
-            n_gpu_layers: self.n_gpu_layers,
-            split_mode: self.split_mode,
-            main_gpu: self.main_gpu,
-            tensor_split: self.tensor_split.clone(),
-            devices: self.devices.clone(),
-            include_igpu: self.include_igpu,
-            load_mode: self.load_mode,
-            vocab_only: self.vocab_only,
-            check_tensors: self.check_tensors,
-            kv_overrides: self.kv_overrides.clone(),
-            progress: None,
-            no_alloc: self.no_alloc,
-        }
+        ModelParams { progress: None, ..self.clone() }
     }
 
     pub(crate) fn n_gpu_layers_value(&self) -> i32 {
@@ -380,8 +369,13 @@ fn max_devices() -> usize {
     unsafe { sys::llama_max_devices() }
 }
 
-/// A loaded model. `Send + Sync`: share it by `&` or `Arc` between threads,
-/// each with its own [`Context`](crate::Context).
+/// A loaded model. `Send + Sync`: share it between threads, each with its own
+/// [`Context`](crate::Context), either borrowed (`&Model`: contexts and
+/// samplers borrow it, [`Model::new_context`], [`Sampler::builder`](crate::Sampler::builder))
+/// or through an `Arc<Model>`: contexts and samplers then hold a clone of the
+/// `Arc` and are `'static` ([`Model::new_owned_context`],
+/// [`Sampler::builder_owned`](crate::Sampler::builder_owned)), which is what
+/// a server's shared state or the serving [`Engine`](crate::Engine) needs.
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     path: PathBuf,
@@ -407,6 +401,24 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// How a context or sampler holds its model: borrowed (`Context<'m>`) or
+/// through an `Arc` (`Context<'static>`).
+#[derive(Clone, Debug)]
+pub(crate) enum ModelRef<'m> {
+    Borrowed(&'m Model),
+    Shared(Arc<Model>),
+}
+
+impl std::ops::Deref for ModelRef<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        match self {
+            ModelRef::Borrowed(m) => m,
+            ModelRef::Shared(m) => m,
+        }
+    }
+}
+
 struct ProgressState {
     f: ProgressFn,
     panic: Option<String>,
@@ -420,7 +432,11 @@ extern "C" fn progress_trampoline(progress: f32, user: *mut c_void) -> bool {
     if state.panic.is_some() {
         return false;
     }
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (state.f)(progress))) {
+    let call = || {
+        let mut f = state.f.lock().unwrap_or_else(|e| e.into_inner());
+        (*f)(progress)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(go_on) => {
             state.cancelled |= !go_on;
             go_on

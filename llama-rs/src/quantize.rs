@@ -1,8 +1,8 @@
 //! Quantizing a GGUF model file to another weight type.
 
-use crate::backend::{clear_log_error, log_error_or};
+use crate::backend::log_error_or;
 use crate::error::{Error, Result};
-use crate::ffi::check_shim;
+use crate::ffi::shim_value;
 use llama_sys as sys;
 use std::path::Path;
 
@@ -238,14 +238,14 @@ pub fn quantize(input: &Path, output: &Path, params: QuantizeParams) -> Result<(
     raw.quantize_output_tensor = params.quantize_output_tensor;
     raw.pure_ = params.pure;
 
-    let mut ret = 0u32;
-    clear_log_error();
-    // SAFETY: both paths are NUL-terminated and live for the call; `raw` is a
-    // valid parameter struct whose pointers are all NULL; the input was
-    // validated; the shim catches C++ exceptions (llama_model_quantize also
-    // catches its own and returns 1).
-    let status = unsafe { sys::llama_rs_model_quantize(cin.as_ptr(), cout.as_ptr(), &raw, &mut ret) };
-    check_shim("llama_model_quantize", status)?;
+    let ret: u32 = shim_value(
+        "llama_model_quantize",
+        // SAFETY: both paths are NUL-terminated and live for the call; `raw`
+        // is a valid parameter struct whose pointers are all NULL; the input
+        // was validated; the shim catches C++ exceptions (llama_model_quantize
+        // also catches its own and returns 1).
+        |ret| unsafe { sys::llama_rs_model_quantize(cin.as_ptr(), cout.as_ptr(), &raw, ret) },
+    )?;
     if ret != 0 {
         return Err(Error::Quantize { path: input.into(), message: log_error_or("llama_model_quantize failed") });
     }

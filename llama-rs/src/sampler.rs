@@ -22,12 +22,13 @@ use crate::backend::{clear_log_error, log_error_or};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::ffi::{check_shim, cstring, try_with_capacity};
-use crate::model::Model;
-use crate::vocab::{Token, Vocab};
+use crate::model::{Model, ModelRef};
+use crate::vocab::{RenderSpecial, Token};
 use llama_sys as sys;
 use std::ffi::CString;
 use std::os::raw::c_char;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 /// Seed value that asks llama.cpp for a random seed (`LLAMA_DEFAULT_SEED`).
 pub const RANDOM_SEED: u32 = sys::LLAMA_DEFAULT_SEED;
@@ -143,7 +144,7 @@ fn last_n(name: &'static str, v: i32) -> Result<()> {
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct SamplerBuilder<'m> {
-    model: &'m Model,
+    model: ModelRef<'m>,
     steps: Vec<Step>,
     no_perf: bool,
 }
@@ -554,8 +555,17 @@ impl<'m> SamplerBuilder<'m> {
         // SAFETY: creates an empty chain that we own.
         let chain = NonNull::new(unsafe { sys::llama_sampler_chain_init(params) })
             .ok_or_else(|| Error::Sampler { message: "llama.cpp could not create a sampler chain".into() })?;
-        let mut sampler =
-            Sampler { chain, grammars: Vec::new(), vocab, n_vocab: vocab.n_tokens(), candidates, poisoned: false };
+        let greedy_only = matches!(self.steps[..], [Step::Greedy]);
+        let n_vocab = vocab.n_tokens();
+        let mut sampler = Sampler {
+            chain,
+            grammars: Vec::new(),
+            model: self.model.clone(),
+            n_vocab,
+            candidates,
+            poisoned: false,
+            greedy_only,
+        };
         for step in &self.steps {
             // On error `sampler` is dropped, which frees the chain and every
             // sampler added to it so far.
@@ -611,8 +621,13 @@ pub struct Sampler<'m> {
     /// The grammar samplers inside the chain (owned by it), to check a token
     /// before accepting it.
     grammars: Vec<NonNull<sys::llama_sampler>>,
-    vocab: Vocab<'m>,
+    /// Keeps the model (and so the vocabulary the grammar and DRY samplers
+    /// point into) alive.
+    model: ModelRef<'m>,
     n_vocab: i32,
+    /// The chain is one greedy sampler: `sample` takes the arg-max of the
+    /// logits in place, with no copy (greedy keeps no state).
+    greedy_only: bool,
     /// Candidate buffer reused by every `sample` (n_vocab entries).
     candidates: Vec<sys::llama_token_data>,
     /// Set when an accept threw: the grammar's stacks may be empty now, and
@@ -640,7 +655,14 @@ impl std::fmt::Debug for Sampler<'_> {
 impl<'m> Sampler<'m> {
     /// Starts a chain for `model`'s vocabulary.
     pub fn builder(model: &'m Model) -> SamplerBuilder<'m> {
-        SamplerBuilder { model, steps: Vec::new(), no_perf: false }
+        SamplerBuilder { model: ModelRef::Borrowed(model), steps: Vec::new(), no_perf: false }
+    }
+
+    /// As [`builder`](Self::builder), for a sampler that holds its model
+    /// through the `Arc`: a `Sampler<'static>`, which can live in a server's
+    /// state or travel with a request.
+    pub fn builder_owned(model: &Arc<Model>) -> SamplerBuilder<'static> {
+        SamplerBuilder { model: ModelRef::Shared(Arc::clone(model)), steps: Vec::new(), no_perf: false }
     }
 
     /// A chain that picks the most likely token.
@@ -703,17 +725,17 @@ impl<'m> Sampler<'m> {
     /// Accepts a checked token into every sampler of the chain.
     fn accept_checked(&mut self, token: Token) -> Result<()> {
         if !self.grammars_allow(token)? {
-            let what = if self.vocab.is_eog(token) {
+            let eog = self.model.vocab().is_eog(token);
+            let what = if eog {
                 "end-of-generation token".to_string()
             } else {
-                let piece = self.vocab.token_to_piece(token, true).unwrap_or_default();
-                format!("token {:?}", String::from_utf8_lossy(&piece))
+                let piece = self.model.vocab().token_to_piece(token, RenderSpecial::Yes).unwrap_or_default();
+                format!("{:?}", String::from_utf8_lossy(&piece))
             };
-            return Err(Error::Sampler {
-                message: format!(
-                    "the grammar does not allow {what} (id {token}) here{}",
-                    if self.vocab.is_eog(token) { ": the grammar is not complete yet" } else { "" }
-                ),
+            return Err(Error::GrammarRejected {
+                token: token.0,
+                what,
+                hint: if eog { ": the grammar is not complete yet" } else { "" },
             });
         }
         // SAFETY: live chain, id in range and allowed by every grammar; the
@@ -740,6 +762,37 @@ impl<'m> Sampler<'m> {
         self.accept_checked(token)
     }
 
+    /// Feeds prompt tokens to the samplers that keep a history (penalties,
+    /// DRY, ...), leaving any grammar out, as llama.cpp's own tools do with a
+    /// prompt: a repetition penalty then also counts what the prompt said.
+    /// [`Context::generate`] and the [`Engine`](crate::Engine) call it with
+    /// every prompt.
+    pub fn accept_prompt(&mut self, tokens: &[Token]) -> Result<()> {
+        self.check_usable()?;
+        if let Some(&t) = tokens.iter().find(|t| t.0 < 0 || t.0 >= self.n_vocab) {
+            return Err(Error::InvalidToken { token: t.0, n_vocab: self.n_vocab });
+        }
+        if self.greedy_only {
+            return Ok(());
+        }
+        // SAFETY: live chain; a plain query.
+        let n = unsafe { sys::llama_sampler_chain_n(self.chain.as_ptr()) };
+        for i in 0..n {
+            // SAFETY: i < chain length: a sampler owned by the chain.
+            let member = unsafe { sys::llama_sampler_chain_get(self.chain.as_ptr(), i) };
+            if member.is_null() || self.grammars.iter().any(|g| g.as_ptr() == member) {
+                continue;
+            }
+            for &t in tokens {
+                // SAFETY: a live non-grammar sampler of our chain; ids checked;
+                // the shim catches exceptions.
+                let status = unsafe { sys::llama_rs_sampler_accept(member, t.0) };
+                check_shim("llama_sampler_accept", status)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Samples a token from output row `idx` of the context's last decode
     /// **and accepts it** (see the module docs: do not `accept` it again).
     ///
@@ -760,6 +813,20 @@ impl<'m> Sampler<'m> {
         }
         // Checks that idx is an output row of the last decode; reads in place.
         let logits = ctx.logits(idx)?;
+        if self.greedy_only {
+            // llama.cpp's greedy sampler: the first largest logit; it keeps
+            // no state, so there is nothing to accept.
+            let Some(&first) = logits.first() else {
+                return Err(Error::Sampler { message: "the vocabulary is empty".into() });
+            };
+            let (mut best, mut best_logit) = (0, first);
+            for (i, &l) in logits.iter().enumerate().skip(1) {
+                if l > best_logit {
+                    (best, best_logit) = (i, l);
+                }
+            }
+            return Ok(Token(best as i32));
+        }
         self.candidates.clear();
         self.candidates.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
             id: i as i32,

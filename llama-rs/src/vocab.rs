@@ -36,6 +36,59 @@ pub enum VocabType {
     Other(u32),
 }
 
+macro_rules! yes_no {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub enum $name {
+            /// Yes.
+            Yes,
+            /// No.
+            #[default]
+            No,
+        }
+
+        impl $name {
+            fn yes(self) -> bool {
+                self == $name::Yes
+            }
+        }
+
+        impl From<bool> for $name {
+            fn from(yes: bool) -> Self {
+                if yes {
+                    $name::Yes
+                } else {
+                    $name::No
+                }
+            }
+        }
+    };
+}
+
+yes_no!(
+    /// Whether [`Vocab::tokenize`] adds the special tokens the model asks for
+    /// (BOS at the start, EOS at the end for some models). A prompt that
+    /// starts a sequence wants them; text appended to a sequence does not.
+    AddSpecial
+);
+yes_no!(
+    /// Whether [`Vocab::tokenize`] turns special-token text (`<|im_start|>`,
+    /// `<|eot_id|>`) into those tokens. Chat-template output needs it; text a
+    /// user typed should not get it (it could inject control tokens).
+    ParseSpecial
+);
+yes_no!(
+    /// Whether control tokens (EOS, `<|im_end|>`, ...) are rendered as their
+    /// text by [`Vocab::token_to_piece`] and [`Vocab::detokenize`] (`No`:
+    /// they render as nothing).
+    RenderSpecial
+);
+yes_no!(
+    /// Whether [`Vocab::detokenize`] drops a leading BOS and a trailing EOS.
+    RemoveSpecial
+);
+
 /// The vocabulary of a [`Model`](crate::Model), borrowed from it.
 #[derive(Clone, Copy)]
 pub struct Vocab<'m> {
@@ -196,7 +249,7 @@ impl<'m> Vocab<'m> {
     /// Tokenizes `text`. `add_special` adds BOS/EOS as the model asks;
     /// `parse_special` turns special-token text (e.g. `<|eot_id|>`) into
     /// special tokens instead of plain text.
-    pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
+    pub fn tokenize(&self, text: &str, add_special: AddSpecial, parse_special: ParseSpecial) -> Result<Vec<Token>> {
         let mut out = Vec::new();
         self.tokenize_into(text, add_special, parse_special, &mut out)?;
         Ok(out)
@@ -207,8 +260,8 @@ impl<'m> Vocab<'m> {
     pub fn tokenize_into(
         &self,
         text: &str,
-        add_special: bool,
-        parse_special: bool,
+        add_special: AddSpecial,
+        parse_special: ParseSpecial,
         out: &mut Vec<Token>,
     ) -> Result<()> {
         if self.vocab_type() == VocabType::None {
@@ -218,7 +271,7 @@ impl<'m> Vocab<'m> {
                 message: "the model has no vocabulary (tokenizer.ggml.model is none/no_vocab)".into(),
             });
         }
-        if add_special {
+        if add_special.yes() {
             self.check_special_tokens()?;
         }
         let len = i32::try_from(text.len()).map_err(|_| Error::Tokenize {
@@ -239,8 +292,8 @@ impl<'m> Vocab<'m> {
                     len,
                     out.as_mut_ptr().add(start).cast(),
                     room.min(i32::MAX as usize) as i32,
-                    add_special,
-                    parse_special,
+                    add_special.yes(),
+                    parse_special.yes(),
                     &mut n,
                 )
             };
@@ -263,7 +316,7 @@ impl<'m> Vocab<'m> {
 
     /// The bytes of a token's text, appended to `buf`; may be a partial UTF-8
     /// sequence (byte tokens). `special` renders control tokens as text.
-    pub fn token_to_piece_into(&self, token: Token, special: bool, buf: &mut Vec<u8>) -> Result<()> {
+    pub fn token_to_piece_into(&self, token: Token, special: RenderSpecial, buf: &mut Vec<u8>) -> Result<()> {
         self.check(token)?;
         let start = buf.len();
         let mut room = 32usize;
@@ -279,7 +332,7 @@ impl<'m> Vocab<'m> {
                     buf.as_mut_ptr().add(start).cast(),
                     room as i32,
                     0,
-                    special,
+                    special.yes(),
                     &mut n,
                 )
             };
@@ -302,7 +355,7 @@ impl<'m> Vocab<'m> {
     }
 
     /// The bytes of a token's text (see [`token_to_piece_into`](Self::token_to_piece_into)).
-    pub fn token_to_piece(&self, token: Token, special: bool) -> Result<Vec<u8>> {
+    pub fn token_to_piece(&self, token: Token, special: RenderSpecial) -> Result<Vec<u8>> {
         let mut v = Vec::new();
         self.token_to_piece_into(token, special, &mut v)?;
         Ok(v)
@@ -311,7 +364,12 @@ impl<'m> Vocab<'m> {
     /// Turns tokens back into text (invalid UTF-8 replaced by U+FFFD).
     /// `remove_special` drops BOS/EOS; `unparse_special` renders special
     /// tokens as their text.
-    pub fn detokenize(&self, tokens: &[Token], remove_special: bool, unparse_special: bool) -> Result<String> {
+    pub fn detokenize(
+        &self,
+        tokens: &[Token],
+        remove_special: RemoveSpecial,
+        unparse_special: RenderSpecial,
+    ) -> Result<String> {
         for &t in tokens {
             self.check(t)?;
         }
@@ -330,8 +388,8 @@ impl<'m> Vocab<'m> {
                     n_tokens,
                     buf.as_mut_ptr().cast(),
                     buf.len().min(i32::MAX as usize) as i32,
-                    remove_special,
-                    unparse_special,
+                    remove_special.yes(),
+                    unparse_special.yes(),
                     &mut n,
                 )
             };
