@@ -1,9 +1,9 @@
 //! Callbacks never unwind into C: a panic in the user's `tracing` subscriber
 //! (reached from llama.cpp's log callback) is swallowed at the boundary; a
 //! panic in a progress callback becomes `Error::CallbackPanic` (also
-//! `tests/model.rs::panicking_progress_callback_is_an_error`). llama-rs
-//! exposes no other C callback: no abort callback (ContextParams has none),
-//! no custom sampler.
+//! `tests/model.rs::panicking_progress_callback_is_an_error`); a panic in a
+//! context's abort callback aborts the decode. llama-rs exposes no other C
+//! callback (no custom sampler).
 
 mod common;
 
@@ -84,4 +84,27 @@ fn a_panicking_progress_callback_is_an_error_and_the_next_load_works() {
         other => panic!("expected CallbackPanic, got {other:?}"),
     }
     next.unwrap();
+}
+
+#[test]
+fn the_context_abort_callback_stops_a_decode_and_a_panic_in_it_does_not_unwind() {
+    let m = Model::load(tiny_path(VocabKind::Spm)).unwrap();
+    let mut c = m.new_context(ContextParams::default().n_ctx(256).n_batch(64).threads(1)).unwrap();
+    let mut b = llama_rs::Batch::new(16, 1).unwrap();
+    b.add_sequence(&[Token(1), Token(5), Token(6)], 0, 0, true).unwrap();
+    c.set_abort_callback(Some(Box::new(|| false)));
+    c.decode(&mut b).unwrap();
+    c.clear_kv(false);
+    c.set_abort_callback(Some(Box::new(|| true)));
+    assert!(matches!(c.decode(&mut b), Err(Error::Aborted)));
+    assert_eq!(c.seq_pos_max(0).unwrap(), None, "llama.cpp took back the aborted micro-batch");
+    let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    c.set_abort_callback(Some(Box::new(|| panic!("in the abort callback"))));
+    let r = c.decode(&mut b);
+    std::panic::set_hook(hook);
+    assert!(matches!(r, Err(Error::Aborted)), "{r:?}");
+    c.set_abort_callback(None);
+    c.decode(&mut b).unwrap();
 }

@@ -134,7 +134,11 @@ fn parallel_requests_give_their_solo_tokens_real_model() {
             if lp.top.len() == 2 && lp.top[0].1 - lp.top[1].1 < NEAR_TIE {
                 break;
             }
-            assert_eq!(a.tokens[k], t.tokens[k], "request {i}, token {k}: alone {:?} vs together {:?}", a.tokens, t.tokens);
+            assert_eq!(
+                a.tokens[k], t.tokens[k],
+                "request {i}, token {k}: alone {:?} vs together {:?}",
+                a.tokens, t.tokens
+            );
             compared += 1;
         }
     }
@@ -167,8 +171,9 @@ fn the_real_model_answers() {
 
 /// Logprobs of the first generated token.
 fn first_logprobs(e: &Engine, prompt: &[Token]) -> (llama_rs::Logprobs, usize) {
-    let c =
-        e.submit(Request::tokens(prompt.to_vec()).sampling(SamplingParams::greedy()).max_tokens(1).logprobs(8)).unwrap();
+    let c = e
+        .submit(Request::tokens(prompt.to_vec()).sampling(SamplingParams::greedy()).max_tokens(1).logprobs(8))
+        .unwrap();
     let c = c.wait().unwrap();
     (c.logprobs[0].clone(), c.finished.stats.cached_tokens)
 }
@@ -291,7 +296,9 @@ fn saved_state_resumes_as_continuing_in_place() {
 #[test]
 fn a_state_from_another_model_or_garbage_is_an_error() {
     let e = engine(tiny(), 1, 512);
-    let c = e.submit(Request::tokens(prompts(1)[0].clone()).sampling(SamplingParams::greedy()).max_tokens(2).save_state(true));
+    let c = e.submit(
+        Request::tokens(prompts(1)[0].clone()).sampling(SamplingParams::greedy()).max_tokens(2).save_state(true),
+    );
     let state = c.unwrap().wait().unwrap().finished.state.unwrap();
     let other = engine(real(), 1, 512);
     let r = other.submit(Request::tokens(vec![Token(5)]).max_tokens(2).resume(state.clone())).unwrap().wait();
@@ -320,7 +327,9 @@ fn a_state_from_another_model_or_garbage_is_an_error() {
 fn cancellation_frees_the_slot_at_once() {
     let e = engine(tiny(), 1, 2048);
     let long = e
-        .submit(Request::tokens(prompts(1)[0].clone()).sampling(SamplingParams::greedy()).max_tokens(1500).ignore_eos(true))
+        .submit(
+            Request::tokens(prompts(1)[0].clone()).sampling(SamplingParams::greedy()).max_tokens(1500).ignore_eos(true),
+        )
         .unwrap();
     assert!(matches!(long.recv(), Some(Event::Piece(_))));
     let waiting = e.submit(Request::tokens(prompts(2)[1].clone()).max_tokens(3)).unwrap();
@@ -426,7 +435,13 @@ fn stop_strings_tokens_and_logprobs() {
     assert_eq!(base.finished.stop_reason, StopReason::MaxTokens);
     let stop = base.tokens[5];
     let c = e
-        .submit(Request::tokens(p.clone()).sampling(SamplingParams::greedy()).max_tokens(12).ignore_eos(true).stop_token(stop))
+        .submit(
+            Request::tokens(p.clone())
+                .sampling(SamplingParams::greedy())
+                .max_tokens(12)
+                .ignore_eos(true)
+                .stop_token(stop),
+        )
         .unwrap()
         .wait()
         .unwrap();
@@ -515,9 +530,9 @@ fn load_2000_requests_64_in_flight_a_tenth_cancelled() {
             baseline = rss();
         }
         let r = next();
-        let req = Request::tokens(p[(r % 16) as usize].clone()).max_tokens(1 + (r >> 8) as usize % 8).sampling(
-            SamplingParams::default().seed(i as u32),
-        );
+        let req = Request::tokens(p[(r % 16) as usize].clone())
+            .max_tokens(1 + (r >> 8) as usize % 8)
+            .sampling(SamplingParams::default().seed(i as u32));
         let h = e.submit(req).unwrap();
         if r % 10 == 3 {
             h.cancel();

@@ -478,8 +478,8 @@ fn malformed_files_never_kill_the_process() {
         exercise(p, Expect::RejectBoth, &mut tally);
     }
     assert!(matches!(Model::load("bad\0path.gguf"), Err(Error::Nul { .. })));
-    // A model without a training context length loads, but a context that
-    // would take its length from it is refused.
+    // A model without a training context length loads; a context that
+    // would take its length from it is refused, the default one gets 4096.
     // Found by this corpus: a model without a tokenizer keeps its token
     // list, but llama.cpp asserts on every per-token call: no id is valid.
     let none = Model::load(dir.join("tokenizer_none.gguf")).unwrap();
@@ -489,9 +489,10 @@ fn malformed_files_never_kill_the_process() {
     assert!(!none.vocab().is_eog(Token(2)));
     let ctx0 = Model::load(dir.join("ctx0.gguf")).unwrap();
     assert!(matches!(
-        ctx0.new_context(ContextParams::default().threads(1)),
+        ctx0.new_context(ContextParams::default().threads(1).ctx_size(llama_rs::CtxSize::Train)),
         Err(Error::InvalidParam { name: "n_ctx", .. })
     ));
+    assert_eq!(ctx0.new_context(ContextParams::default().threads(1)).unwrap().n_ctx(), llama_rs::DEFAULT_N_CTX);
 
     eprintln!(
         "malformed: {} files tried in {:.1} s: {} rejected, {} loaded ({} of them decoded a token); \

@@ -274,7 +274,7 @@ fn accept_forbidden_token_is_error() {
     let m = tiny();
     let mut s = Sampler::builder(m).grammar("root ::= \"yes\"", "root").dist(1).build().unwrap();
     let err = s.accept(token_for(m, "n")).unwrap_err();
-    assert!(matches!(err, Error::Sampler { .. }), "{err}");
+    assert!(matches!(err, Error::GrammarRejected { .. }), "{err}");
     // The sampler is unchanged and still usable.
     for piece in ["y", "e", "s"] {
         s.accept(token_for(m, piece)).unwrap();
@@ -316,7 +316,7 @@ fn sampled_eog_before_grammar_completion_is_error() {
     let mut c = ctx(m);
     let row = decode_prompt(&mut c);
     let err = s.sample(&c, row).unwrap_err();
-    assert!(matches!(err, Error::Sampler { .. }), "{err}");
+    assert!(matches!(err, Error::GrammarRejected { .. }), "{err}");
     assert_eq!(s.perf().n_sample, 0);
 }
 

@@ -1,59 +1,4 @@
-//! The serving engine: many requests decoded together on one model, as
-//! llama-server's slots do, in-process.
-//!
-//! An [`Engine`] owns one context with `n_slots` sequences in a unified KV
-//! cache and a thread that runs it. [`Engine::submit`] takes a [`Request`]
-//! (a text, token or chat prompt; sampling settings or a sampler chain; stop
-//! strings and token ids; a token limit; log-probabilities) and returns a
-//! [`RequestHandle`] that streams its [`Event`]s to plain threads or async
-//! code.
-//!
-//! Each step puts the next prompt chunk of every request still reading its
-//! prompt and one token of every generating request into one `llama_decode`
-//! (continuous batching): requests join and leave between steps. Prompt
-//! chunks share a per-step token budget ([`EngineParams::step_tokens`]) in
-//! arrival order, after the generating requests' tokens, so a long prompt
-//! does not stall the others and every request advances.
-//!
-//! - **Prefix reuse.** A request whose prompt starts with tokens already in
-//!   the cache, in an idle slot or a running one, starts from those cells (the
-//!   idle slot is taken, or the running one's cells are shared through
-//!   `seq_cp`) and decodes only the rest ([`RequestStats::cached_tokens`]).
-//! - **Cancellation** ([`RequestHandle::cancel`], or dropping the handle) at
-//!   any point: a decode in progress is stopped through llama.cpp's abort
-//!   callback, the other requests of that step are decoded again without it,
-//!   and the slot is free at once.
-//! - **Context full.** Each request may use `n_ctx / n_slots` cells (as
-//!   llama-server's slots). One that reaches it ends with
-//!   [`Error::ContextFull`], or, when it asked for it
-//!   ([`Request::context_shift`]) and the model can shift, drops half of its
-//!   tokens after `n_keep` and goes on. Other requests are not affected.
-//! - **Saved state.** [`Request::save_state`] returns the sequence's cache as
-//!   a [`SeqState`](crate::SeqState) when the request ends;
-//!   [`Request::resume`] starts a later request from it without decoding it
-//!   again.
-//!
-//! ```no_run
-//! # fn f() -> llama_rs::Result<()> {
-//! use llama_rs::{Engine, EngineParams, Event, Model, Request, SamplingParams};
-//! use std::sync::Arc;
-//! let model = Arc::new(Model::load("model.gguf")?);
-//! let engine = Engine::new(model, EngineParams::default().n_slots(8))?;
-//! let handles: Vec<_> = ["Paris is", "Rome is"]
-//!     .iter()
-//!     .map(|p| engine.submit(Request::text(*p).sampling(SamplingParams::greedy()).max_tokens(32)))
-//!     .collect::<Result<_, _>>()?;
-//! for handle in handles {
-//!     for event in handle {
-//!         match event {
-//!             Event::Piece(p) => print!("{}", p.text),
-//!             Event::Done(done) => println!("\n{:?}", done.stats),
-//!             Event::Failed(e) => eprintln!("{e}"),
-//!         }
-//!     }
-//! }
-//! # Ok(()) }
-//! ```
+//! The serving engine (see [`Engine`]).
 
 mod request;
 mod worker;
@@ -127,7 +72,7 @@ pub struct EngineStatus {
 }
 
 pub(crate) enum Command {
-    Submit(Vec<Box<worker::Pending>>),
+    Submit(Vec<worker::Pending>),
     Wake,
     Shutdown,
 }
@@ -142,7 +87,62 @@ impl std::fmt::Debug for Command {
     }
 }
 
-/// Many requests at once on one model: see the [module docs](self).
+///  The serving engine: many requests decoded together on one model, as
+///  llama-server's slots do, in-process.
+///
+///  An [`Engine`] owns one context with `n_slots` sequences in a unified KV
+///  cache and a thread that runs it. [`Engine::submit`] takes a [`Request`]
+///  (a text, token or chat prompt; sampling settings or a sampler chain; stop
+///  strings and token ids; a token limit; log-probabilities) and returns a
+///  [`RequestHandle`] that streams its [`Event`]s to plain threads or async
+///  code.
+///
+///  Each step puts the next prompt chunk of every request still reading its
+///  prompt and one token of every generating request into one `llama_decode`
+///  (continuous batching): requests join and leave between steps. Prompt
+///  chunks share a per-step token budget ([`EngineParams::step_tokens`]) in
+///  arrival order, after the generating requests' tokens, so a long prompt
+///  does not stall the others and every request advances.
+///
+///  - **Prefix reuse.** A request whose prompt starts with tokens already in
+///    the cache, in an idle slot or a running one, starts from those cells (the
+///    idle slot is taken, or the running one's cells are shared through
+///    `seq_cp`) and decodes only the rest ([`RequestStats::cached_tokens`]).
+///  - **Cancellation** ([`RequestHandle::cancel`], or dropping the handle) at
+///    any point: a decode in progress is stopped through llama.cpp's abort
+///    callback, the other requests of that step are decoded again without it,
+///    and the slot is free at once.
+///  - **Context full.** Each request may use `n_ctx / n_slots` cells (as
+///    llama-server's slots). One that reaches it ends with
+///    [`Error::ContextFull`], or, when it asked for it
+///    ([`Request::context_shift`]) and the model can shift, drops half of its
+///    tokens after `n_keep` and goes on. Other requests are not affected.
+///  - **Saved state.** [`Request::save_state`] returns the sequence's cache as
+///    a [`SeqState`](crate::SeqState) when the request ends;
+///    [`Request::resume`] starts a later request from it without decoding it
+///    again.
+///
+///  ```no_run
+///  # fn f() -> llama_rs::Result<()> {
+///  use llama_rs::{Engine, EngineParams, Event, Model, Request, SamplingParams};
+///  use std::sync::Arc;
+///  let model = Arc::new(Model::load("model.gguf")?);
+///  let engine = Engine::new(model, EngineParams::default().n_slots(8))?;
+///  let handles: Vec<_> = ["Paris is", "Rome is"]
+///      .iter()
+///      .map(|p| engine.submit(Request::text(*p).sampling(SamplingParams::greedy()).max_tokens(32)))
+///      .collect::<Result<_, _>>()?;
+///  for handle in handles {
+///      for event in handle {
+///          match event {
+///              Event::Piece(p) => print!("{}", p.text),
+///              Event::Done(done) => println!("\n{:?}", done.stats),
+///              Event::Failed(e) => eprintln!("{e}"),
+///          }
+///      }
+///  }
+///  # Ok(()) }
+///  ```
 ///
 /// `Send + Sync`: share it (e.g. in an `Arc`) and submit from any thread or
 /// task. Dropping it stops its thread; requests still running end with
@@ -271,7 +271,7 @@ impl Engine {
         Ok(handles)
     }
 
-    fn prepare(&self, request: Request, submitted: Instant) -> Result<(Box<worker::Pending>, RequestHandle)> {
+    fn prepare(&self, request: Request, submitted: Instant) -> Result<(worker::Pending, RequestHandle)> {
         let vocab = self.model.vocab();
         let resumed = request.resume.as_ref().map_or(0, |s| s.tokens().len());
         let mut tokens = request.resume.as_ref().map_or_else(Vec::new, |s| s.tokens().to_vec());
@@ -334,7 +334,7 @@ impl Engine {
             special: request.special,
             submitted,
         };
-        Ok((Box::new(pending), RequestHandle { shared, wake_engine: self.tx.clone() }))
+        Ok((pending, RequestHandle { shared, wake_engine: self.tx.clone() }))
     }
 }
 

@@ -173,7 +173,7 @@ impl Worker {
 
     fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(p) => self.queue.extend(p),
+            Command::Submit(p) => self.queue.extend(p.into_iter().map(Box::new)),
             Command::Wake => {}
             Command::Shutdown => self.shutdown = true,
         }
