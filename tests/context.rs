@@ -6,7 +6,7 @@ mod common;
 
 use common::tiny;
 use llama_rs::{AddSpecial, ParseSpecial};
-use llama_rs::{Batch, Context, ContextParams, Error, Token};
+use llama_rs::{Batch, Context, ContextParams, Error, GenerateParams, Token};
 
 /// Largest absolute difference between logits computed in one batch and
 /// token by token: the same math in a different order of float additions.
@@ -301,4 +301,47 @@ fn fit_without_gpus_keeps_the_request() {
         llama_rs::fit(&path, llama_rs::ModelParams::default().devices(&[]), ctx, bad),
         Err(Error::InvalidParam { .. })
     ));
+}
+
+#[test]
+fn default_context_length_is_4096_or_the_training_length() {
+    // The tiny model was trained on 512 tokens: the default takes that.
+    assert_eq!(tiny().n_ctx_train(), 512);
+    assert_eq!(ContextParams::default().resolved_n_ctx(tiny()), 512);
+    let c = tiny().new_context(ContextParams::default().threads(1)).unwrap();
+    assert_eq!(c.n_ctx(), 512);
+    // A longer training length is capped at 4096 unless asked for.
+    let big = common::edit::Edit::open(&common::tiny_path(llama_rs::synthetic::VocabKind::Spm))
+        .u32("llama.context_length", 131072)
+        .write(&common::temp_dir("ctx-default").join("long.gguf"));
+    let m = llama_rs::Model::load(&big).unwrap();
+    assert_eq!(ContextParams::default().resolved_n_ctx(&m), llama_rs::DEFAULT_N_CTX);
+    assert_eq!(ContextParams::default().ctx_size(llama_rs::CtxSize::Train).resolved_n_ctx(&m), 131072);
+    let c = m.new_context(ContextParams::default().threads(1)).unwrap();
+    assert_eq!(c.n_ctx(), 4096);
+    let threads = llama_rs::physical_cores();
+    assert!(threads >= 1 && threads as usize <= std::thread::available_parallelism().unwrap().get());
+    let c = m.new_context(ContextParams::default()).unwrap();
+    assert_eq!(c.threads(), (threads, threads));
+}
+
+#[test]
+fn a_context_of_an_arc_model_is_static_and_keeps_the_model_alive() {
+    let model =
+        std::sync::Arc::new(llama_rs::Model::load(common::tiny_path(llama_rs::synthetic::VocabKind::Spm)).unwrap());
+    let mut ctx: Context<'static> = model.new_owned_context(ContextParams::default().n_ctx(256).threads(1)).unwrap();
+    let mut sampler: llama_rs::Sampler<'static> = llama_rs::Sampler::builder_owned(&model).greedy().build().unwrap();
+    let weak = std::sync::Arc::downgrade(&model);
+    drop(model);
+    // The context and the sampler hold the model; they move to a thread.
+    let t = std::thread::spawn(move || {
+        let (text, _) =
+            ctx.generate_text(&mut sampler, "the quick brown", GenerateParams::default().max_tokens(4)).unwrap();
+        drop(ctx);
+        assert!(weak.upgrade().is_some(), "the sampler still holds the model");
+        drop(sampler);
+        (text, weak)
+    });
+    let (_, weak) = t.join().unwrap();
+    assert!(weak.upgrade().is_none(), "the model is freed with the last holder");
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::tiny;
-use llama_rs::{AddSpecial, ParseSpecial};
+use llama_rs::{AddSpecial, ParseSpecial, RenderSpecial};
 use llama_rs::{Context, ContextParams, Error, GenerateParams, Piece, Sampler, StopReason, Token};
 
 const PROMPT: &str = "the quick brown fox jumps over the lazy dog and";
@@ -237,4 +237,52 @@ fn greedy_run_is_reproducible() {
     let (a, _) = greedy_pieces(GenerateParams::default().max_tokens(8));
     let (b, _) = greedy_pieces(GenerateParams::default().max_tokens(8));
     assert_eq!(a, b);
+}
+
+#[test]
+fn bos_only_when_the_sequence_is_empty() {
+    let v = tiny().vocab();
+    assert!(v.add_bos(), "the tiny SPM model adds BOS");
+    let with_bos = v.tokenize(PROMPT, AddSpecial::Yes, ParseSpecial::Yes).unwrap();
+    let more = v.tokenize(" and more", AddSpecial::No, ParseSpecial::Yes).unwrap();
+    assert_eq!(with_bos[0], v.bos().unwrap());
+    let mut c = ctx(256, 64);
+    let mut s = Sampler::greedy(tiny()).unwrap();
+    let first = c.generate(&mut s, PROMPT, GenerateParams::default().max_tokens(1)).unwrap();
+    let first = first.count();
+    assert!(first <= 1);
+    assert_eq!(c.seq_pos_max(0).unwrap(), Some(with_bos.len() as i32 - 1));
+    let (_, stats) = c.generate_text(&mut s, " and more", GenerateParams::default().max_tokens(1)).unwrap();
+    // Continuing the conversation: no second BOS.
+    assert_eq!(stats.prompt_tokens, more.len());
+    // Asked for explicitly, it is added.
+    let (_, stats) = c
+        .generate_text(&mut s, " and more", GenerateParams::default().max_tokens(1).add_special(Some(AddSpecial::Yes)))
+        .unwrap();
+    assert_eq!(stats.prompt_tokens, more.len() + 1);
+}
+
+#[test]
+fn prompt_tokens_reach_the_penalties_not_the_grammar() {
+    let m = tiny();
+    let mut c = ctx(256, 64);
+    let prompt = m.vocab().tokenize(PROMPT, AddSpecial::Yes, ParseSpecial::No).unwrap();
+    let mut b = llama_rs::Batch::new(64, 1).unwrap();
+    b.add_sequence(&prompt, 0, 0, true).unwrap();
+    c.decode(&mut b).unwrap();
+    let row = prompt.len() as i32 - 1;
+    let g = Sampler::greedy(m).unwrap().sample(&c, row).unwrap();
+    // A frequency penalty large enough to rule out any token seen before.
+    let penalised = || Sampler::builder(m).penalties(64, 1.0, 1e9, 0.0).greedy().build().unwrap();
+    assert_eq!(penalised().sample(&c, row).unwrap(), g, "nothing seen yet: the plain greedy token");
+    let mut s = penalised();
+    s.accept_prompt(&[g]).unwrap();
+    assert_ne!(s.sample(&c, row).unwrap(), g, "the prompt's token is penalised");
+    // A grammar does not see prompt tokens: one that only allows "yes" from
+    // its start still takes "y" after a prompt of other text.
+    let mut s = Sampler::builder(m).grammar("root ::= \"yes\"", "root").greedy().build().unwrap();
+    s.accept_prompt(&prompt).unwrap();
+    let v = m.vocab();
+    let y = (0..v.n_tokens()).map(Token).find(|&t| v.token_to_piece(t, RenderSpecial::No).unwrap() == b"y").unwrap();
+    s.accept(y).unwrap();
 }

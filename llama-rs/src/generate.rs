@@ -65,30 +65,30 @@ impl<'a> From<&'a Vec<Token>> for Prompt<'a> {
     }
 }
 
-/// Settings of one [`Context::generate`] call.
+/// Settings of one [`Context::generate`] call: a setter for each.
 #[derive(Clone, Debug)]
 pub struct GenerateParams {
     /// Most tokens to sample (default 256). 0 decodes the prompt only.
-    pub max_tokens: usize,
+    max_tokens: usize,
     /// Generation stops when the text contains one of these; the stop string
     /// and anything after it are not emitted. Text that could be the start of
     /// one is held back until it is known not to be.
-    pub stop_strings: Vec<String>,
+    stop_strings: Vec<String>,
     /// Generation stops when one of these tokens is sampled (its text is not
     /// emitted). End-of-generation tokens (EOS, EOT, ...) always stop.
-    pub stop_tokens: Vec<Token>,
+    stop_tokens: Vec<Token>,
     /// Add BOS/EOS to a text prompt as the model asks. `None` (the default):
     /// only when sequence 0 is empty, so that a prompt continuing a
     /// conversation does not get a second BOS in the middle.
-    pub add_special: Option<AddSpecial>,
+    add_special: Option<AddSpecial>,
     /// Parse special-token text (e.g. `<|im_start|>`) in a text prompt into
     /// special tokens (default yes: chat-template output needs it).
-    pub parse_special: ParseSpecial,
+    parse_special: ParseSpecial,
     /// Render control tokens in the output as their text (default no).
-    pub special: RenderSpecial,
+    special: RenderSpecial,
     /// Clear the whole KV cache before decoding the prompt (default false:
     /// continue after what sequence 0 holds).
-    pub clear_kv: bool,
+    clear_kv: bool,
 }
 
 impl Default for GenerateParams {
@@ -106,38 +106,48 @@ impl Default for GenerateParams {
 }
 
 impl GenerateParams {
-    /// Sets the token limit.
+    /// Most tokens to sample (default 256). 0 decodes the prompt only.
     pub fn max_tokens(mut self, n: usize) -> Self {
         self.max_tokens = n;
         self
     }
     /// Adds a stop string.
+    ///
+    /// Generation stops when the text contains one of these; the stop string
+    /// and anything after it are not emitted. Text that could be the start of
+    /// one is held back until it is known not to be.
     pub fn stop_string(mut self, s: impl Into<String>) -> Self {
         self.stop_strings.push(s.into());
         self
     }
     /// Adds a stop token.
+    ///
+    /// Generation stops when one of these tokens is sampled (its text is not
+    /// emitted). End-of-generation tokens (EOS, EOT, ...) always stop.
     pub fn stop_token(mut self, t: Token) -> Self {
         self.stop_tokens.push(t);
         self
     }
-    /// Sets whether BOS/EOS are added to a text prompt (`None`: only when
-    /// the sequence is empty).
+    /// Add BOS/EOS to a text prompt as the model asks. `None` (the default):
+    /// only when sequence 0 is empty, so that a prompt continuing a
+    /// conversation does not get a second BOS in the middle.
     pub fn add_special(mut self, add: Option<AddSpecial>) -> Self {
         self.add_special = add;
         self
     }
-    /// Sets whether special-token text in a text prompt is parsed.
+    /// Parse special-token text (e.g. `<|im_start|>`) in a text prompt into
+    /// special tokens (default yes: chat-template output needs it).
     pub fn parse_special(mut self, parse: ParseSpecial) -> Self {
         self.parse_special = parse;
         self
     }
-    /// Sets whether control tokens are rendered in the output.
+    /// Render control tokens in the output as their text (default no).
     pub fn special(mut self, render: RenderSpecial) -> Self {
         self.special = render;
         self
     }
-    /// Sets whether the KV cache is cleared first.
+    /// Clear the whole KV cache before decoding the prompt (default false:
+    /// continue after what sequence 0 holds).
     pub fn clear_kv(mut self, yes: bool) -> Self {
         self.clear_kv = yes;
         self
@@ -149,7 +159,7 @@ impl GenerateParams {
 pub enum StopReason {
     /// The model produced an end-of-generation token.
     Eog,
-    /// One of [`GenerateParams::stop_tokens`] was sampled.
+    /// One of the stop tokens ([`GenerateParams::stop_token`]) was sampled.
     StopToken(Token),
     /// The text contained this stop string.
     StopString(String),
