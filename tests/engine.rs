@@ -40,10 +40,6 @@ fn prompts(n: usize) -> Vec<Vec<Token>> {
         .collect()
 }
 
-fn tokens_of(c: &Completion) -> Vec<Token> {
-    c.tokens.clone()
-}
-
 /// The engine adds nothing to the model's output: what can differ between a
 /// request decoded alone and among others is llama.cpp's float rounding,
 /// which depends on a row's place in a batch and on the batch's size (other

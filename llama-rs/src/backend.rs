@@ -60,6 +60,35 @@ thread_local! {
     static LAST_ERROR: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
+thread_local! {
+    /// While a decode that may be aborted on purpose runs on this thread, its
+    /// error and warning lines wait here (see [`defer_warnings`]).
+    static DEFERRED: std::cell::RefCell<Option<Vec<(sys::ggml_log_level, String)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Holds back this thread's error and warning lines from llama.cpp until
+/// [`release_warnings`]: a decode stopped by its abort callback on purpose
+/// (a cancelled request) logs three of them, which are then only noise.
+pub(crate) fn defer_warnings() {
+    DEFERRED.with(|d| *d.borrow_mut() = Some(Vec::new()));
+}
+
+/// Ends [`defer_warnings`]: the lines held back are logged at their level,
+/// or at debug level when `expected` (the abort was asked for).
+pub(crate) fn release_warnings(expected: bool) {
+    let lines = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    for (level, msg) in lines {
+        if expected {
+            tracing::debug!(target: "llama_cpp", "(expected, the decode was aborted) {msg}");
+        } else if level == sys::GGML_LOG_LEVEL_ERROR {
+            tracing::error!(target: "llama_cpp", "{msg}");
+        } else {
+            tracing::warn!(target: "llama_cpp", "{msg}");
+        }
+    }
+}
+
 /// Forgets the last logged error of this thread (call before a C call).
 pub(crate) fn clear_log_error() {
     LAST_ERROR.with(|e| e.borrow_mut().clear());
@@ -95,16 +124,25 @@ extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _use
         if msg.is_empty() {
             return;
         }
-        match level {
-            sys::GGML_LOG_LEVEL_ERROR => {
-                LAST_ERROR.with(|e| {
-                    if let Ok(mut e) = e.try_borrow_mut() {
-                        e.clear();
-                        e.push_str(msg);
-                    }
-                });
-                tracing::error!(target: "llama_cpp", "{msg}")
+        if level == sys::GGML_LOG_LEVEL_ERROR {
+            LAST_ERROR.with(|e| {
+                if let Ok(mut e) = e.try_borrow_mut() {
+                    e.clear();
+                    e.push_str(msg);
+                }
+            });
+        }
+        if level == sys::GGML_LOG_LEVEL_ERROR || level == sys::GGML_LOG_LEVEL_WARN {
+            let held = DEFERRED.with(|d| match d.try_borrow_mut() {
+                Ok(mut d) => d.as_mut().map(|v| v.push((level, msg.to_string()))).is_some(),
+                Err(_) => false,
+            });
+            if held {
+                return;
             }
+        }
+        match level {
+            sys::GGML_LOG_LEVEL_ERROR => tracing::error!(target: "llama_cpp", "{msg}"),
             sys::GGML_LOG_LEVEL_WARN => tracing::warn!(target: "llama_cpp", "{msg}"),
             sys::GGML_LOG_LEVEL_INFO => tracing::info!(target: "llama_cpp", "{msg}"),
             _ => tracing::debug!(target: "llama_cpp", "{msg}"),

@@ -704,12 +704,22 @@ impl<'m> Context<'m> {
         self.check_batch(batch)?;
         self.outputs.clear();
         let raw = batch.as_raw();
+        // With an abort callback, a decode may be stopped on purpose: its
+        // error lines are then logged at debug level only.
+        let abortable = self.abort.is_some();
+        if abortable {
+            crate::backend::defer_warnings();
+        }
         let ret = shim_value(
             "llama_decode",
             // SAFETY: the batch was checked above (size, ids, sequences); its
             // buffers outlive the call; the shim catches C++ exceptions.
             |ret| unsafe { sys::llama_rs_decode(self.as_ptr(), raw, ret) },
-        )?;
+        );
+        if abortable {
+            crate::backend::release_warnings(matches!(ret, Ok(2)));
+        }
+        let ret = ret?;
         match ret {
             0 => {
                 if self.embeddings {

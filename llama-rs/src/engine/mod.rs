@@ -318,7 +318,7 @@ impl Engine {
         // Penalties and DRY see the prompt (the grammar does not).
         sampler.accept_prompt(&tokens)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(Shared::new(id, self.cancels.clone()));
+        let shared = Arc::new(Shared::new(id, tokens.clone(), self.cancels.clone()));
         let pending = worker::Pending {
             shared: shared.clone(),
             tokens,

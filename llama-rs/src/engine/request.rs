@@ -406,6 +406,8 @@ pub(crate) struct ChannelState {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) id: u64,
+    /// The whole prompt as decoded (a resumed state's tokens first).
+    pub(crate) prompt: Vec<Token>,
     pub(crate) cancelled: AtomicBool,
     pub(crate) channel: Mutex<ChannelState>,
     pub(crate) ready: Condvar,
@@ -414,9 +416,10 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(id: u64, cancels: Arc<AtomicU64>) -> Shared {
+    pub(crate) fn new(id: u64, prompt: Vec<Token>, cancels: Arc<AtomicU64>) -> Shared {
         Shared {
             id,
+            prompt,
             cancelled: AtomicBool::new(false),
             channel: Mutex::new(ChannelState::default()),
             ready: Condvar::new(),
@@ -472,6 +475,13 @@ impl RequestHandle {
     /// The request's id (unique per engine).
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// The prompt's tokens as the engine decodes them (a resumed state's
+    /// tokens first, then the request's own, BOS and chat template included):
+    /// for usage counts and token-level clients.
+    pub fn prompt_tokens(&self) -> &[Token] {
+        &self.shared.prompt
     }
 
     /// Cancels the request at any point, a long prompt's decode included; its

@@ -1,0 +1,290 @@
+//! An OpenAI-compatible HTTP server on the llama-rs [`Engine`]: many requests
+//! decoded together on one model (continuous batching), as llama-server does.
+//!
+//! ```text
+//! cargo run --release --example server -- -m model.gguf [--host 127.0.0.1] [--port 8080]
+//!     [-c N] [-np N] [-ngl N] [-sm none|layer|row|tensor] [-ts 3,1] [-mg I] [-a NAME] [-t N] [-b N]
+//! ```
+//!
+//! Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (with
+//! `"stream": true`, server-sent events ending with `data: [DONE]`),
+//! `GET /v1/models`, `GET /health` (slots in use, requests queued).
+//!
+//! Beyond llama-server: every choice (and every stream chunk) carries the
+//! generated token ids (`token_ids`), a request can stop on token ids
+//! (`stop_token_ids`) besides strings, and a completion's prompt may be token
+//! ids. Log-probabilities come in OpenAI's shapes (`logprobs` +
+//! `top_logprobs` for chat, `logprobs: n` for completions).
+
+mod api;
+mod openai;
+
+use llama_rs::{ContextParams, Engine, EngineParams, Model, ModelParams, SplitMode};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+const USAGE: &str = "usage: server -m PATH [options]
+
+  -m,  --model PATH          GGUF model to serve (required)
+  -a,  --alias NAME          model name for clients (default: the file name)
+       --host HOST           address to listen on (default 127.0.0.1)
+       --port PORT           port (default 8080; 0 picks a free one)
+  -c,  --ctx-size N          context length shared by the slots (default: 4096 or the training length)
+  -np, --parallel N          slots: requests decoded at once (default 4)
+  -b,  --batch-size N        most tokens per decode step (default 2048, n_batch)
+  -t,  --threads N           CPU threads (default: the physical cores)
+  -ngl, --n-gpu-layers N     layers on the GPUs (default: all; -1 as well)
+  -sm, --split-mode MODE     none|layer|row|tensor (default layer)
+  -ts, --tensor-split 3,1    share of the model per GPU
+  -mg, --main-gpu I          GPU for split mode none (default 0)
+  -h,  --help                this text
+
+Logs go to stderr (RUST_LOG, default `warn,server=info`). Once bound, prints
+`listening on http://HOST:PORT` to stdout.";
+
+struct Args {
+    model: PathBuf,
+    alias: Option<String>,
+    host: String,
+    port: u16,
+    ctx_size: Option<u32>,
+    parallel: u32,
+    batch: Option<u32>,
+    threads: Option<u32>,
+    ngl: Option<u32>,
+    split_mode: SplitMode,
+    tensor_split: Vec<f32>,
+    main_gpu: usize,
+}
+
+/// `Err(None)`: help asked for; `Err(Some(message))`: a usage error.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<String>> {
+    let mut model = None;
+    let mut a = Args {
+        model: PathBuf::new(),
+        alias: None,
+        host: "127.0.0.1".into(),
+        port: 8080,
+        ctx_size: None,
+        parallel: 4,
+        batch: None,
+        threads: None,
+        ngl: None,
+        split_mode: SplitMode::Layer,
+        tensor_split: Vec::new(),
+        main_gpu: 0,
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        if arg == "-h" || arg == "--help" {
+            return Err(None);
+        }
+        // `--flag=value` as well as `--flag value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
+            _ => (arg, None),
+        };
+        let known = [
+            "-m",
+            "--model",
+            "-a",
+            "--alias",
+            "--host",
+            "--port",
+            "-c",
+            "--ctx-size",
+            "-np",
+            "--parallel",
+            "-b",
+            "--batch-size",
+            "-t",
+            "--threads",
+            "-ngl",
+            "--n-gpu-layers",
+            "--gpu-layers",
+            "-sm",
+            "--split-mode",
+            "-ts",
+            "--tensor-split",
+            "-mg",
+            "--main-gpu",
+        ];
+        if !known.contains(&flag.as_str()) {
+            return Err(Some(format!("unknown argument {flag}")));
+        }
+        let value = match inline.or_else(|| it.next()) {
+            Some(v) => v,
+            None => return Err(Some(format!("{flag} needs a value"))),
+        };
+        let bad = |e: &dyn std::fmt::Display| Some(format!("{flag} {value}: {e}"));
+        match flag.as_str() {
+            "-m" | "--model" => model = Some(PathBuf::from(&value)),
+            "-a" | "--alias" => a.alias = Some(value.clone()),
+            "--host" => a.host = value.clone(),
+            "--port" => a.port = value.parse().map_err(|e| bad(&e))?,
+            "-c" | "--ctx-size" => {
+                let n: u32 = value.parse().map_err(|e| bad(&e))?;
+                // llama-server's 0: the model's training length.
+                a.ctx_size = Some(n);
+            }
+            "-np" | "--parallel" => {
+                a.parallel = value.parse().map_err(|e| bad(&e))?;
+                if a.parallel == 0 {
+                    return Err(bad(&"needs at least one slot"));
+                }
+            }
+            "-b" | "--batch-size" => a.batch = Some(value.parse().map_err(|e| bad(&e))?),
+            "-t" | "--threads" => a.threads = Some(value.parse().map_err(|e| bad(&e))?),
+            "-ngl" | "--n-gpu-layers" | "--gpu-layers" => {
+                let n: i64 = value.parse().map_err(|e| bad(&e))?;
+                a.ngl = (n >= 0).then_some(n.min(u32::MAX as i64) as u32);
+            }
+            "-sm" | "--split-mode" => a.split_mode = value.parse().map_err(|e| bad(&e))?,
+            "-ts" | "--tensor-split" => {
+                a.tensor_split = value
+                    .split([',', '/'])
+                    .map(|s| s.trim().parse::<f32>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| bad(&e))?
+            }
+            "-mg" | "--main-gpu" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
+            _ => unreachable!("every known flag is matched"),
+        }
+    }
+    a.model = model.ok_or_else(|| Some("-m/--model is required".to_string()))?;
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,server=info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
+        Err(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(Some(e)) => {
+            eprintln!("error: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let params = ModelParams::default()
+        .n_gpu_layers(args.ngl)
+        .split_mode(args.split_mode)
+        .tensor_split(&args.tensor_split)
+        .main_gpu(args.main_gpu);
+    let model = Model::load_with(&args.model, params)?;
+    let mut ctx = ContextParams::default();
+    if let Some(n) = args.ctx_size {
+        ctx = ctx.n_ctx(if n == 0 { model.n_ctx_train() } else { n });
+    }
+    if let Some(n) = args.batch {
+        ctx = ctx.n_batch(n);
+    }
+    if let Some(n) = args.threads {
+        ctx = ctx.threads(n);
+    }
+    let engine = Engine::new(Arc::new(model), EngineParams::default().n_slots(args.parallel).context(ctx))?;
+    let file_name = args.model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let model_id = args.alias.clone().unwrap_or_else(|| file_name.clone());
+    // Names a request's `model` may use: the alias, the file name (with or
+    // without .gguf) and the path as given.
+    let mut names = vec![model_id.clone(), file_name.clone(), args.model.to_string_lossy().into_owned()];
+    if let Some(stem) = args.model.file_stem() {
+        names.push(stem.to_string_lossy().into_owned());
+    }
+    names.retain(|n| !n.is_empty());
+    tracing::info!(
+        "model {} ({}), {} slots of {} tokens (n_ctx {})",
+        model_id,
+        engine.model().description(),
+        engine.n_slots(),
+        engine.n_ctx_per_request(),
+        engine.n_ctx()
+    );
+    let app = Arc::new(api::App::new(engine, model_id, names));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        println!("listening on http://{addr}");
+        axum::serve(listener, api::router(app)).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("shut down");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Ctrl-C or SIGTERM: stop accepting, let running requests end (for at most
+/// [`SHUTDOWN_GRACE`], then exit).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: waiting for running requests (at most {} s)", SHUTDOWN_GRACE.as_secs());
+    // Streams of long generations could keep the server up for minutes.
+    std::thread::spawn(|| {
+        std::thread::sleep(SHUTDOWN_GRACE);
+        tracing::warn!("requests still running after {} s: exiting", SHUTDOWN_GRACE.as_secs());
+        std::process::exit(0);
+    });
+}
+
+/// How long a shutdown waits for running requests.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, Option<String>> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn flags() {
+        let a = parse(&["-m", "x.gguf", "-np", "8", "-c", "2048", "--port=0", "-ts", "3,1", "-sm", "row"]).unwrap();
+        assert_eq!(a.model, PathBuf::from("x.gguf"));
+        assert_eq!((a.parallel, a.ctx_size, a.port), (8, Some(2048), 0));
+        assert_eq!(a.tensor_split, vec![3.0, 1.0]);
+        assert_eq!(a.split_mode, SplitMode::Row);
+        assert!(matches!(parse(&["-m", "x", "--bogus"]), Err(Some(_))));
+        assert!(matches!(parse(&["-m"]), Err(Some(_))));
+        assert!(matches!(parse(&[]), Err(Some(_))));
+        assert!(matches!(parse(&["-h"]), Err(None)));
+    }
+}

@@ -1,0 +1,310 @@
+#!/usr/bin/env python3
+"""Checks a running examples/server with the official `openai` client.
+
+    python3 scripts/server_check.py http://127.0.0.1:PORT
+
+Run by scripts/server-check, which starts the server (SmolLM2-135M-Instruct,
+`-np 4 -c 1024 -t 1`: 256 tokens per request). Exits non-zero, naming every failed
+check, when anything is wrong.
+"""
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+
+BASE = sys.argv[1].rstrip("/")
+client = openai.OpenAI(base_url=BASE + "/v1", api_key="none", max_retries=0, timeout=120)
+failures = []
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class CheckError(Exception):
+    pass
+
+
+def ensure(cond, message):
+    if not cond:
+        raise CheckError(message)
+
+
+def check(name):
+    def run(fn):
+        t0 = time.monotonic()
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - every failure is reported
+            failures.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {e}", flush=True)
+        else:
+            print(f"ok   {name} ({time.monotonic() - t0:.1f} s)", flush=True)
+        return fn
+
+    return run
+
+
+def raw(method, path, body=None):
+    """(status, parsed JSON) of a raw request: for what the client cannot send."""
+    data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+    req = urllib.request.Request(BASE + path, data=data, method=method)
+    req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def health():
+    status, h = raw("GET", "/health")
+    ensure(status == 200 and h["status"] == "ok", f"/health answered {status} {h}")
+    return h
+
+
+def token_ids(choice):
+    ids = (choice.model_extra or {}).get("token_ids")
+    ensure(isinstance(ids, list), f"no token_ids in {choice}")
+    return ids
+
+
+def usage_ok(usage, n_tokens):
+    ensure(usage is not None, "no usage")
+    ensure(usage.prompt_tokens > 0, f"prompt_tokens = {usage.prompt_tokens}")
+    ensure(usage.completion_tokens == n_tokens, f"completion_tokens {usage.completion_tokens} != {n_tokens} token ids")
+    ensure(usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, f"total_tokens wrong: {usage}")
+
+
+models = client.models.list().data
+MODEL = models[0].id if models else None
+state = {}
+
+
+@check("GET /v1/models lists the model")
+def _():
+    ensure(len(models) == 1 and MODEL, f"models: {models}")
+    meta = models[0].model_extra["meta"]
+    ensure(meta["n_slots"] == 4 and meta["n_ctx_per_request"] >= 128, f"meta: {meta}")
+
+
+@check("GET /health: every slot idle")
+def _():
+    h = health()
+    ensure(h["slots_idle"] == h["slots_total"] == 4, f"{h}")
+
+
+@check("chat, not streamed")
+def _():
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=48)
+    c = r.choices[0]
+    ensure(r.object == "chat.completion" and c.message.role == "assistant", f"shape: {r}")
+    ensure(c.message.content.strip(), "empty answer")
+    ensure(c.finish_reason in ("stop", "length"), f"finish_reason {c.finish_reason}")
+    ids = token_ids(c)
+    usage_ok(r.usage, len(ids))
+    state["chat"] = (c.message.content, ids)
+    print(f"     answer: {c.message.content!r}")
+
+
+@check("chat, greedy: the same prompt gives the same text twice")
+def _():
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=48)
+    text, ids = state["chat"]
+    ensure(r.choices[0].message.content == text, f"{r.choices[0].message.content!r} != {text!r}")
+    ensure(token_ids(r.choices[0]) == ids, "token ids differ")
+
+
+@check("chat, streamed: chunks carry token ids, text concatenates to the same answer")
+def _():
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        temperature=0,
+        max_tokens=48,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, ids, finish, usage, n = "", [], None, None, 0
+    for chunk in stream:
+        ensure(chunk.object == "chat.completion.chunk", f"object {chunk.object}")
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            n += 1
+            text += c.delta.content or ""
+            ids += token_ids(c)
+            finish = c.finish_reason or finish
+    ensure(n >= 3, f"only {n} chunks")
+    ensure((text, ids) == state["chat"], f"stream gave {text!r} {ids}, not {state['chat']}")
+    ensure(finish in ("stop", "length"), f"finish_reason {finish}")
+    usage_ok(usage, len(ids))
+
+
+@check("completions, not streamed and streamed; max_tokens ends with 'length'")
+def _():
+    kw = dict(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=16)
+    r = client.completions.create(**kw)
+    c = r.choices[0]
+    ensure(r.object == "text_completion" and c.text.strip(), f"response: {r}")
+    ensure(c.finish_reason == "length", f"finish_reason {c.finish_reason}")
+    ids = token_ids(c)
+    ensure(len(ids) == 16, f"{len(ids)} token ids")
+    usage_ok(r.usage, 16)
+    state["completion"] = (c.text, ids)
+    text, sids, finish = "", [], None
+    for chunk in client.completions.create(stream=True, **kw):
+        for ch in chunk.choices:
+            text += ch.text
+            sids += token_ids(ch)
+            finish = ch.finish_reason or finish
+    ensure((text, sids) == (c.text, ids), f"stream gave {text!r} {sids}, not {c.text!r} {ids}")
+    ensure(finish == "length", f"stream finish_reason {finish}")
+
+
+@check("completions: a prompt of token ids")
+def _():
+    _, ids = state["completion"]
+    r = client.completions.create(model=MODEL, prompt=ids, temperature=0, max_tokens=8)
+    ensure(r.usage.prompt_tokens == len(ids), f"prompt_tokens {r.usage.prompt_tokens} != {len(ids)}")
+    ensure(len(token_ids(r.choices[0])) == 8, f"{r.choices[0]}")
+
+
+@check("8 requests in parallel each get an answer")
+def _():
+    topics = ["cats", "the sea", "Rust", "bread", "music", "the moon", "trees", "trains"]
+
+    def ask(i):
+        r = client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": f"Write one sentence about {topics[i]}."}],
+            temperature=0.7,
+            seed=i,
+            max_tokens=40,
+        )
+        return r.choices[0].message.content
+
+    before = health()["requests_total"]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    empty = [i for i, a in enumerate(answers) if not a.strip()]
+    ensure(not empty, f"empty answers for {empty}: {answers}")
+    h = health()
+    ensure(h["requests_total"] - before == 8, f"{h}")
+    ensure(h["slots_idle"] == 4, f"slots still busy: {h}")
+
+
+@check("logprobs: chat top_logprobs and completions logprobs in OpenAI's shapes")
+def _():
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=12, logprobs=True, top_logprobs=3
+    )
+    c = r.choices[0]
+    entries = c.logprobs.content
+    ensure(len(entries) == len(token_ids(c)), f"{len(entries)} entries for {len(token_ids(c))} tokens")
+    for e in entries:
+        ensure(e.logprob <= 0 and len(e.top_logprobs) == 3, f"entry {e}")
+        # Greedy: the sampled token is the most likely one.
+        ensure(abs(e.top_logprobs[0].logprob - e.logprob) < 1e-4, f"greedy token not the top one: {e}")
+        ensure(bytes(e.bytes).decode("utf-8", "replace") == e.token, f"bytes do not spell the token: {e}")
+    plain = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=12)
+    ensure(plain.choices[0].logprobs is None, "logprobs without asking")
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=6, logprobs=2)
+    lp = r.choices[0].logprobs
+    ensure(len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 6, f"{lp}")
+    ensure(all(x <= 0 for x in lp.token_logprobs) and all(len(t) <= 2 for t in lp.top_logprobs), f"{lp}")
+    ensure(lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), f"text_offset {lp.text_offset}")
+
+
+@check("stop_token_ids and stop strings")
+def _():
+    text, ids = state["completion"]
+    k = next(k for k in range(2, len(ids)) if ids[k] not in ids[:k])
+    r = client.completions.create(
+        model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=16, extra_body={"stop_token_ids": [ids[k]]}
+    )
+    c = r.choices[0]
+    ensure(c.finish_reason == "stop", f"finish_reason {c.finish_reason}")
+    ensure(token_ids(c) == ids[: k + 1], f"token ids {token_ids(c)}, expected {ids[:k + 1]} (stop token last)")
+    ensure(text.startswith(c.text) and len(c.text) < len(text), f"text {c.text!r} not a prefix of {text!r}")
+    words = text.split()
+    stop = " " + words[len(words) // 2]
+    r = client.completions.create(model=MODEL, prompt="Once upon a time", temperature=0, max_tokens=16, stop=[stop])
+    c = r.choices[0]
+    ensure(c.finish_reason == "stop" and c.text == text[: text.index(stop)], f"stop {stop!r}: {c.text!r}")
+
+
+@check("a full context ends with finish_reason 'length' and correct usage")
+def _():
+    kw = dict(model=MODEL, prompt="Once upon a time", temperature=0)
+    short = client.completions.create(max_tokens=1, **kw)
+    r = client.completions.create(max_tokens=100000, extra_body={"ignore_eos": True}, **kw)
+    c = r.choices[0]
+    ensure(c.finish_reason == "length", f"finish_reason {c.finish_reason}")
+    ensure(r.usage.prompt_tokens == short.usage.prompt_tokens, f"prompt_tokens {r.usage} vs {short.usage}")
+    share = models[0].model_extra["meta"]["n_ctx_per_request"]
+    ensure(r.usage.total_tokens == share + 1, f"usage {r.usage}: not the request's {share} cells + the last token")
+    usage_ok(r.usage, len(token_ids(c)))
+
+
+@check("a stream abandoned after 2 chunks frees its slot; the server goes on")
+def _():
+    before = health()["requests_cancelled"]
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Tell me a very long story."}],
+        max_tokens=1000,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    for i, _chunk in enumerate(stream):
+        if i == 1:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    while True:
+        h = health()
+        if h["slots_processing"] == 0 and h["requests_cancelled"] == before + 1:
+            break
+        ensure(time.monotonic() < deadline, f"slot not freed 10 s after the client went away: {h}")
+        time.sleep(0.05)
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, temperature=0, max_tokens=8)
+    ensure(r.choices[0].message.content.strip(), "no answer after the abandoned stream")
+
+
+@check("errors: malformed JSON, unknown model, prompt too long, bad values")
+def _():
+    status, body = raw("POST", "/v1/chat/completions", b'{"messages": [')
+    ensure(status == 400 and body["error"]["type"] == "invalid_request_error", f"malformed JSON: {status} {body}")
+    status, body = raw("POST", "/v1/completions", {"model": MODEL})
+    ensure(status == 400 and "prompt" in body["error"]["message"], f"no prompt: {status} {body}")
+    try:
+        client.chat.completions.create(model="no-such-model", messages=QUESTION, max_tokens=4)
+        raise CheckError("unknown model accepted")
+    except openai.NotFoundError as e:
+        ensure(e.status_code == 404, f"{e}")
+    try:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hello " * 1000}])
+        raise CheckError("a prompt longer than the context accepted")
+    except openai.BadRequestError as e:
+        ensure(e.code == "context_length_exceeded", f"{e}")
+    for bad in [{"n": 2}, {"max_tokens": 0}, {"stop_token_ids": [10**9]}, {"top_logprobs": 50, "logprobs": True}]:
+        status, body = raw("POST", "/v1/chat/completions", {"messages": QUESTION, **bad})
+        ensure(status == 400 and "error" in body, f"{bad}: {status} {body}")
+    # A missing model is the served one; the file name is accepted too.
+    status, body = raw("POST", "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 2})
+    ensure(status == 200 and body["choices"], f"no model field: {status} {body}")
+    meta = models[0].model_extra["meta"]
+    name = meta["path"].rsplit("/", 1)[-1]
+    status, body = raw("POST", "/v1/chat/completions", {"model": name, "messages": QUESTION, "max_tokens": 2})
+    ensure(status == 200, f"model {name!r}: {status} {body}")
+    h = health()
+    ensure(h["slots_idle"] == 4, f"{h}")
+
+
+if failures:
+    print(f"\n{len(failures)} check(s) failed: " + "; ".join(failures))
+    sys.exit(1)
+print("\nall server checks passed")
