@@ -556,3 +556,22 @@ fn load_2000_requests_64_in_flight_a_tenth_cancelled() {
         assert!(after < baseline + 64 * 1024 * 1024, "RSS grew from {baseline} to {after}");
     }
 }
+
+#[test]
+fn requests_arriving_together_decode_their_common_prompt_once() {
+    let system: Vec<Token> = std::iter::once(Token(1)).chain((0..60).map(|k| Token(10 + k))).collect();
+    let prompt = |i: i32| -> Vec<Token> { system.iter().copied().chain([Token(500 + i), Token(600 + i)]).collect() };
+    let make = |i: usize| Request::tokens(prompt(i as i32)).sampling(SamplingParams::greedy()).max_tokens(8);
+    let e = engine(tiny(), 4, 2048);
+    let done: Vec<Completion> =
+        e.submit_all((0..4).map(make)).unwrap().into_iter().map(|h| h.wait().unwrap()).collect();
+    let cached: Vec<usize> = done.iter().map(|c| c.finished.stats.cached_tokens).collect();
+    assert_eq!(cached.iter().filter(|&&c| c >= system.len()).count(), 3, "{cached:?}");
+    let s = e.status();
+    // One prompt of 63 tokens, three of 2, and the generated tokens.
+    assert!(s.decoded_tokens < 63 + 3 * 2 + 4 * 8, "{s:?}");
+    for (i, c) in done.iter().enumerate() {
+        let alone = engine(tiny(), 1, 2048).submit(make(i)).unwrap().wait().unwrap();
+        assert_eq!(alone.tokens, c.tokens, "request {i}");
+    }
+}

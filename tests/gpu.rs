@@ -373,3 +373,82 @@ fn fit_chooses_what_fits() {
         eprintln!("{mode}: fit ok");
     }
 }
+
+/// The serving engine on the GPUs (unified KV cache, `seq_cp`, sequence
+/// state from device memory, the abort callback): 8 requests at once give
+/// each one's solo tokens (up to a near tie: the GPU kernels' rounding
+/// changes with the batch size, `TOLERANCE`), a saved state resumes as
+/// decoding in place, a cancelled request frees its slot.
+#[test]
+#[ignore = "needs a GPU"]
+fn engine_on_the_gpus() {
+    use llama_rs::{Engine, EngineParams, Error, Event, Request, SamplingParams};
+    use std::sync::Arc;
+    let g = gpus();
+    let m = Arc::new(Model::load_with(small_path(), ModelParams::default().devices(&indices(&g))).unwrap());
+    let base = prompt(&m);
+    let prompts: Vec<Vec<Token>> =
+        (0..8).map(|i| base.iter().copied().chain([Token(100 + 37 * i as i32)]).collect()).collect();
+    let engine = |slots: u32| {
+        let ctx = ContextParams::default().n_ctx(4096).n_batch(512);
+        Engine::new(m.clone(), EngineParams::default().n_slots(slots).context(ctx)).unwrap()
+    };
+    let mk = |i: usize| {
+        Request::tokens(prompts[i].clone())
+            .sampling(SamplingParams::greedy())
+            .max_tokens(16)
+            .ignore_eos(true)
+            .logprobs(2)
+    };
+    let alone: Vec<_> = (0..8).map(|i| engine(1).submit(mk(i)).unwrap().wait().unwrap()).collect();
+    let e = engine(8);
+    let together: Vec<_> = e.submit_all((0..8).map(mk)).unwrap().into_iter().map(|h| h.wait().unwrap()).collect();
+    let mut compared = 0;
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        assert!((a.logprobs[0].logprob - t.logprobs[0].logprob).abs() < TOLERANCE, "request {i}");
+        for (k, lp) in a.logprobs.iter().enumerate() {
+            if lp.top[0].1 - lp.top[1].1 < 2.0 * TOLERANCE {
+                break;
+            }
+            assert_eq!(a.tokens[k], t.tokens[k], "request {i}, token {k}");
+            compared += 1;
+        }
+    }
+    println!("engine on {} GPU(s): {compared} tokens equal before a near tie", g.len());
+    assert!(compared >= 8, "{compared}");
+
+    // Prefix reuse from the idle slots of the run above.
+    let again = e.submit(mk(3)).unwrap().wait().unwrap();
+    assert!(again.finished.stats.cached_tokens >= base.len());
+    assert!((again.logprobs[0].logprob - alone[3].logprobs[0].logprob).abs() < TOLERANCE);
+
+    // Saved state from device memory, resumed on a fresh engine.
+    let first = e.submit(mk(5).max_tokens(6).save_state(true)).unwrap().wait().unwrap();
+    let state = first.finished.state.unwrap();
+    let more = [Token(200), Token(201)];
+    let resumed = engine(2)
+        .submit(
+            Request::tokens(more.to_vec())
+                .sampling(SamplingParams::greedy())
+                .max_tokens(8)
+                .logprobs(1)
+                .resume(state.clone()),
+        )
+        .unwrap()
+        .wait()
+        .unwrap();
+    let whole: Vec<Token> = state.tokens().iter().copied().chain(more).collect();
+    let in_place =
+        engine(2).submit(Request::tokens(whole).sampling(SamplingParams::greedy()).max_tokens(8).logprobs(1)).unwrap();
+    let in_place = in_place.wait().unwrap();
+    assert!((resumed.logprobs[0].logprob - in_place.logprobs[0].logprob).abs() < TOLERANCE);
+
+    // Cancellation frees the one slot.
+    let one = engine(1);
+    let long = one.submit(mk(0).max_tokens(3000)).unwrap();
+    assert!(matches!(long.recv(), Some(Event::Piece(_))));
+    let next = one.submit(mk(1).max_tokens(2)).unwrap();
+    long.cancel();
+    assert!(matches!(long.wait(), Err(Error::Aborted)));
+    assert!(next.wait().is_ok());
+}

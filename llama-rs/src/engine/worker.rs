@@ -47,6 +47,9 @@ struct Active {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     shifts: usize,
+    /// Waits for an earlier request seated with the same prompt start to
+    /// decode it: (its slot, its id, the tokens to share).
+    follow: Option<(usize, u64, usize)>,
 }
 
 /// One sequence of the context.
@@ -341,8 +344,70 @@ impl Worker {
             first_token: None,
             last_token: None,
             shifts: 0,
+            follow: None,
         }));
+        self.plan_follow(i);
         Ok(())
+    }
+
+    /// When a request still reading its prompt will decode a longer start of
+    /// this one's prompt than the cache holds now (requests arriving together
+    /// with one system prompt), this one waits for it and shares those cells
+    /// instead of decoding them again.
+    fn plan_follow(&mut self, i: usize) {
+        let a = self.slots[i].active.as_ref().expect("just seated");
+        if a.p.resume.is_some() {
+            return;
+        }
+        let have = self.slots[i].cache.len();
+        let limit = a.p.tokens.len() - 1;
+        let best = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .filter_map(|(j, s)| {
+                let b = s.active.as_ref()?;
+                (b.generated == 0).then(|| (lcp(&b.p.tokens, &a.p.tokens).min(limit), j, b.p.shared.id))
+            })
+            .max();
+        if let Some((n, j, id)) = best {
+            if n > have {
+                self.slots[i].active.as_mut().expect("seated").follow = Some((j, id, n));
+            }
+        }
+    }
+
+    /// Whether slot `i` may decode its prompt this step: a follower waits
+    /// until its leader holds the shared start, then takes those cells.
+    fn ready(&mut self, i: usize) -> bool {
+        let Some((j, id, n)) = self.slots[i].active.as_ref().and_then(|a| a.follow) else { return true };
+        let leader = self.slots[j].active.as_ref().filter(|b| b.p.shared.id == id);
+        let tokens = &self.slots[i].active.as_ref().expect("active").p.tokens;
+        match leader {
+            Some(_) if self.slots[j].cache.len() < n => false,
+            Some(_) if lcp(&self.slots[j].cache, tokens) >= n => {
+                let (src, dst) = (self.slots[j].seq, self.slots[i].seq);
+                let shared = self.ctx.seq_rm(Some(dst), ..).and_then(|_| self.ctx.seq_cp(src, dst, 0..n as Pos));
+                let slot = &mut self.slots[i];
+                let a = slot.active.as_mut().expect("active");
+                a.follow = None;
+                slot.cache.clear();
+                if shared.is_ok() {
+                    slot.cache.extend_from_slice(&a.p.tokens[..n]);
+                    a.cached = n;
+                } else {
+                    let _ = self.ctx.seq_rm(Some(dst), ..);
+                    a.cached = 0;
+                }
+                true
+            }
+            // The leader is gone or went another way: decode it all here.
+            _ => {
+                self.slots[i].active.as_mut().expect("active").follow = None;
+                true
+            }
+        }
     }
 
     /// Ends the request in slot `i` with an error.
@@ -426,6 +491,9 @@ impl Worker {
                 break;
             }
             let i = self.order[k];
+            if !self.ready(i) {
+                continue;
+            }
             let slot = &self.slots[i];
             let a = slot.active.as_ref().expect("active");
             let done = slot.cache.len();
