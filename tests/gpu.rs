@@ -388,7 +388,7 @@ fn engine_on_the_gpus() {
     let m = Arc::new(Model::load_with(small_path(), ModelParams::default().devices(&indices(&g))).unwrap());
     let base = prompt(&m);
     let prompts: Vec<Vec<Token>> =
-        (0..8).map(|i| base.iter().copied().chain([Token(100 + 37 * i as i32)]).collect()).collect();
+        (0..8).map(|i| base.iter().copied().chain([Token(100 + 37 * i)]).collect()).collect();
     let engine = |slots: u32| {
         let ctx = ContextParams::default().n_ctx(4096).n_batch(512);
         Engine::new(m.clone(), EngineParams::default().n_slots(slots).context(ctx)).unwrap()
