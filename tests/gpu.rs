@@ -438,9 +438,10 @@ fn engine_on_the_gpus() {
         .wait()
         .unwrap();
     let whole: Vec<Token> = state.tokens().iter().copied().chain(more).collect();
-    let in_place =
-        engine(2).submit(Request::tokens(whole).sampling(SamplingParams::greedy()).max_tokens(8).logprobs(1)).unwrap();
-    let in_place = in_place.wait().unwrap();
+    // The engine must outlive its requests (dropping it ends them).
+    let e2 = engine(2);
+    let in_place = e2.submit(Request::tokens(whole).sampling(SamplingParams::greedy()).max_tokens(8).logprobs(1));
+    let in_place = in_place.unwrap().wait().unwrap();
     assert!((resumed.logprobs[0].logprob - in_place.logprobs[0].logprob).abs() < TOLERANCE);
 
     // Cancellation frees the one slot.
