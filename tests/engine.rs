@@ -420,6 +420,9 @@ fn bad_requests_are_errors_of_submit() {
         Err(Error::InvalidParam { .. })
     ));
     assert!(matches!(e.submit(Request::tokens(vec![Token(1)]).stop_string("")), Err(Error::InvalidParam { .. })));
+    // More alternatives than the vocabulary has: all of them, no huge buffer.
+    let c = e.submit(Request::tokens(vec![Token(1)]).max_tokens(1).logprobs(usize::MAX)).unwrap().wait().unwrap();
+    assert_eq!(c.logprobs[0].top.len(), 1024);
 }
 
 #[test]

@@ -607,7 +607,7 @@ impl Worker {
         };
         let logprobs = match a.p.logprobs {
             Some(n) => match ctx.logits(row) {
-                Ok(l) => Some(logprobs(l, token, n)),
+                Ok(l) => Some(logprobs(l, token, n.min(l.len()))),
                 Err(e) => return self.fail(i, e),
             },
             None => None,
