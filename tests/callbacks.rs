@@ -88,6 +88,9 @@ fn a_panicking_progress_callback_is_an_error_and_the_next_load_works() {
 
 #[test]
 fn the_context_abort_callback_stops_a_decode_and_a_panic_in_it_does_not_unwind() {
+    // The whole test takes its turn: another test of this binary silences
+    // the panic hook and installs a panicking subscriber meanwhile.
+    let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let m = Model::load(tiny_path(VocabKind::Spm)).unwrap();
     let mut c = m.new_context(ContextParams::default().n_ctx(256).n_batch(64).threads(1)).unwrap();
     let mut b = llama_rs::Batch::new(16, 1).unwrap();
@@ -98,7 +101,6 @@ fn the_context_abort_callback_stops_a_decode_and_a_panic_in_it_does_not_unwind()
     c.set_abort_callback(Some(Box::new(|| true)));
     assert!(matches!(c.decode(&mut b), Err(Error::Aborted)));
     assert_eq!(c.seq_pos_max(0).unwrap(), None, "llama.cpp took back the aborted micro-batch");
-    let _turn = HOOK.lock().unwrap_or_else(|e| e.into_inner());
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     c.set_abort_callback(Some(Box::new(|| panic!("in the abort callback"))));

@@ -79,13 +79,17 @@ pub(crate) fn defer_warnings() {
 pub(crate) fn release_warnings(expected: bool) {
     let lines = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
     for (level, msg) in lines {
-        if expected {
-            tracing::debug!(target: "llama_cpp", "(expected, the decode was aborted) {msg}");
-        } else if level == sys::GGML_LOG_LEVEL_ERROR {
-            tracing::error!(target: "llama_cpp", "{msg}");
-        } else {
-            tracing::warn!(target: "llama_cpp", "{msg}");
-        }
+        // As in the log callback, a panicking subscriber is swallowed here:
+        // these lines come from llama.cpp, which logged them mid-call.
+        let _ = std::panic::catch_unwind(|| {
+            if expected {
+                tracing::debug!(target: "llama_cpp", "(expected, the decode was aborted) {msg}");
+            } else if level == sys::GGML_LOG_LEVEL_ERROR {
+                tracing::error!(target: "llama_cpp", "{msg}");
+            } else {
+                tracing::warn!(target: "llama_cpp", "{msg}");
+            }
+        });
     }
 }
 
