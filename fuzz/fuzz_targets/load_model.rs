@@ -8,8 +8,8 @@
 //! project's micro and tiny synthetic models there (scripts/fuzz does).
 #![no_main]
 
-use llama_rs::{AddSpecial, ParseSpecial, RenderSpecial, RemoveSpecial};
 use libfuzzer_sys::fuzz_target;
+use llama_rs::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial};
 use llama_rs::{Batch, ChatMessage, Model, Sampler, Token};
 use llama_rs_fuzz::{cpu_params, scratch_file, small_context_params, write_model_seeds};
 use std::path::PathBuf;
@@ -26,7 +26,7 @@ fn exercise_vocab(model: &Model) {
     let _ = (model.architecture(), model.description(), model.metadata(), model.n_params(), model.size());
     for text in ["Hello world", " <|im_start|>user\n\u{e9}\u{1F600}</s>", ""] {
         for (add, parse) in [(true, true), (false, false)] {
-            if let Ok(tokens) = vocab.tokenize(text, add, parse) {
+            if let Ok(tokens) = vocab.tokenize(text, add.into(), parse.into()) {
                 let _ = vocab.detokenize(&tokens, RemoveSpecial::No, RenderSpecial::Yes);
                 for &t in tokens.iter().take(8) {
                     let _ = vocab.token_to_piece(t, RenderSpecial::Yes);

@@ -37,19 +37,19 @@ fuzz_target!(
         let (add_special, parse_special, remove_special, unparse_special, special) =
             (bit(1), bit(2), bit(3), bit(4), bit(5));
 
-        let tokens = vocab.tokenize(&text, add_special, parse_special).expect("tokenize of valid UTF-8 text");
+        let tokens = vocab.tokenize(&text, add_special.into(), parse_special.into()).expect("tokenize of valid UTF-8 text");
         for &t in &tokens {
             assert!(in_range(&vocab, t), "tokenize produced out-of-range id {}", t.0);
         }
-        let _ = vocab.detokenize(&tokens, remove_special, unparse_special).expect("detokenize of tokenize's output");
+        let _ = vocab.detokenize(&tokens, remove_special.into(), unparse_special.into()).expect("detokenize of tokenize's output");
         let mut pieces = Vec::new();
         for &t in tokens.iter().take(64) {
-            vocab.token_to_piece_into(t, special, &mut pieces).expect("piece of a valid token");
+            vocab.token_to_piece_into(t, special.into(), &mut pieces).expect("piece of a valid token");
         }
         if bit(6) {
             // Appending to a non-empty buffer, as generation does.
             let mut out = tokens.clone();
-            vocab.tokenize_into(&text, add_special, parse_special, &mut out).expect("tokenize_into");
+            vocab.tokenize_into(&text, add_special.into(), parse_special.into(), &mut out).expect("tokenize_into");
             assert_eq!(&out[tokens.len()..], &tokens[..]);
         }
 
@@ -57,18 +57,18 @@ fuzz_target!(
         for &t in &ids {
             let ok = in_range(&vocab, t);
             assert_eq!(vocab.check(t).is_ok(), ok);
-            assert_eq!(vocab.token_to_piece(t, special).is_ok(), ok, "token_to_piece({})", t.0);
+            assert_eq!(vocab.token_to_piece(t, special.into()).is_ok(), ok, "token_to_piece({})", t.0);
             assert_eq!(vocab.token_text(t).is_ok(), ok, "token_text({})", t.0);
             assert_eq!(vocab.token_score(t).is_ok(), ok, "token_score({})", t.0);
             let _ = (vocab.is_eog(t), vocab.is_control(t));
         }
         let all_ok = ids.iter().all(|&t| in_range(&vocab, t));
-        assert_eq!(vocab.detokenize(&ids, remove_special, unparse_special).is_ok(), all_ok);
+        assert_eq!(vocab.detokenize(&ids, remove_special.into(), unparse_special.into()).is_ok(), all_ok);
         if all_ok && !ids.is_empty() {
             // Mixed: tokenizer output followed by the arbitrary ids.
             let mut mixed = tokens.clone();
             mixed.extend_from_slice(&ids);
-            vocab.detokenize(&mixed, remove_special, unparse_special).expect("detokenize of valid ids");
+            vocab.detokenize(&mixed, remove_special.into(), unparse_special.into()).expect("detokenize of valid ids");
         }
     }
 );
