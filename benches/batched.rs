@@ -858,17 +858,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
     let info: &mut dyn Write = if md { &mut out_md } else { &mut out_err };
 
     let gpus = llama_rs::default_gpus(false);
-    let build = Build {
-        commit: llama_rs_suite::GIT_COMMIT.into(),
-        features: if llama_rs_suite::BUILD_FEATURES.is_empty() {
-            "cpu".into()
-        } else {
-            llama_rs_suite::BUILD_FEATURES.into()
-        },
-        llama_cpp_commit: sys::LLAMA_CPP_COMMIT.into(),
-        backends: sys::BUILT_BACKENDS.join(","),
-        system_info: llama_rs::system_info().trim().to_string(),
-    };
+    let build = Build::here();
     writeln!(
         info,
         "build: llama-rs {} (features: {}) | llama.cpp {} | backends: {} | devices: {}",

@@ -474,17 +474,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
     let info: &mut dyn Write = if json { &mut out_err } else { &mut out_md };
 
     let gpus = llama_rs::default_gpus(false);
-    let build = Build {
-        commit: llama_rs_suite::GIT_COMMIT.into(),
-        features: if llama_rs_suite::BUILD_FEATURES.is_empty() {
-            "cpu".into()
-        } else {
-            llama_rs_suite::BUILD_FEATURES.into()
-        },
-        llama_cpp_commit: llama_rs::sys::LLAMA_CPP_COMMIT.into(),
-        backends: llama_rs::sys::BUILT_BACKENDS.join(","),
-        system_info: llama_rs::system_info().trim().to_string(),
-    };
+    let build = Build::here();
     writeln!(
         info,
         "build: llama-rs {} (features: {}) | llama.cpp {} | backends: {} | devices: {}",

@@ -201,6 +201,24 @@ pub struct Build {
     pub system_info: String,
 }
 
+impl Build {
+    /// The build running now: this commit, its features, the pinned
+    /// llama.cpp, the backends compiled in and llama.cpp's system line.
+    pub fn here() -> Build {
+        Build {
+            commit: llama_rs_suite::GIT_COMMIT.into(),
+            features: if llama_rs_suite::BUILD_FEATURES.is_empty() {
+                "cpu".into()
+            } else {
+                llama_rs_suite::BUILD_FEATURES.into()
+            },
+            llama_cpp_commit: llama_rs::sys::LLAMA_CPP_COMMIT.into(),
+            backends: llama_rs::sys::BUILT_BACKENDS.join(","),
+            system_info: llama_rs::system_info().trim().to_string(),
+        }
+    }
+}
+
 /// One record with llama-bench's JSON field names (plus `test`, `synthetic`,
 /// `split_mode_auto`, `llama_cpp_commit`, `build_features`, `system_info`).
 pub fn json_record(r: &Row, b: &Build) -> String {

@@ -502,7 +502,7 @@ impl<'m> Context<'m> {
             (sys::llama_n_ctx(c), sys::llama_n_batch(c), sys::llama_n_ubatch(c), sys::llama_n_seq_max(c))
         };
         let n_vocab = model.vocab().n_tokens();
-        let ctx = Context {
+        let mut ctx = Context {
             ptr,
             model,
             kv_unified: params.kv_unified,
@@ -514,10 +514,9 @@ impl<'m> Context<'m> {
             n_seq_max,
             n_vocab,
             embeddings: params.embeddings,
-            // Freed by Drop if this fails.
+            // Filled below; the context is freed by Drop if that fails.
             outputs: Vec::new(),
         };
-        let mut ctx = ctx;
         ctx.outputs = try_with_capacity(n_batch as usize, "the context's output flags", n_batch as usize)?;
         Ok(ctx)
     }
@@ -796,9 +795,15 @@ impl<'m> Context<'m> {
         unsafe { sys::llama_get_memory(self.as_ptr()) }
     }
 
+    /// Whether this context's memory can shift positions ([`seq_add`](Self::seq_add),
+    /// [`seq_div`](Self::seq_div), the engine's context shift).
+    pub fn can_shift(&self) -> bool {
+        // SAFETY: live memory handle; a plain query.
+        unsafe { sys::llama_memory_can_shift(self.memory()) }
+    }
+
     fn check_shift(&self, op: &'static str) -> Result<()> {
-        // SAFETY: live memory handle.
-        if unsafe { sys::llama_memory_can_shift(self.memory()) } {
+        if self.can_shift() {
             Ok(())
         } else {
             Err(Error::Memory { op, reason: "this model's memory cannot shift positions".into() })

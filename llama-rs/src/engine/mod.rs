@@ -200,8 +200,7 @@ impl Engine {
                 format!("n_ctx = {n_ctx} leaves less than 2 cells per slot"),
             ));
         }
-        // SAFETY: live context; a plain query.
-        let can_shift = unsafe { llama_sys::llama_memory_can_shift(llama_sys::llama_get_memory(ctx.as_raw_ptr())) };
+        let can_shift = ctx.can_shift();
         let (tx, rx) = mpsc::channel();
         let cancels = Arc::new(AtomicU64::new(0));
         let status = Arc::new(Mutex::new(EngineStatus { slots: n_slots, ..Default::default() }));

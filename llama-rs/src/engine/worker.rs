@@ -252,10 +252,7 @@ impl Worker {
         while !self.queue.is_empty() {
             let Some(free) = self.pick_free() else { return };
             let p = self.queue.pop_front().expect("not empty");
-            if let Err(e) = self.seat(free, p) {
-                // `seat` already told the request.
-                let _ = e;
-            }
+            self.seat(free, p);
         }
     }
 
@@ -271,7 +268,9 @@ impl Worker {
             .map(|(i, _)| i)
     }
 
-    fn seat(&mut self, i: usize, p: Box<Pending>) -> Result<()> {
+    /// Puts `p` into free slot `i` with what the cache can give it; a failure
+    /// (a state that does not load) ends the request there.
+    fn seat(&mut self, i: usize, p: Box<Pending>) {
         let admitted = Instant::now();
         let limit = p.tokens.len() - 1; // at least one token to decode for logits
         let seq = self.slots[i].seq;
@@ -326,7 +325,7 @@ impl Worker {
                 self.finished += 1;
                 self.publish();
                 p.shared.send(Event::Failed(e), true);
-                return Err(Error::Aborted);
+                return;
             }
         };
         self.tick += 1;
@@ -347,7 +346,6 @@ impl Worker {
             follow: None,
         }));
         self.plan_follow(i);
-        Ok(())
     }
 
     /// When a request still reading its prompt will decode a longer start of
