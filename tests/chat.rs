@@ -4,7 +4,7 @@
 mod common;
 
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
-use llama_rs::{apply_chat_template, builtin_chat_templates, ChatMessage, Error, Model, ModelParams};
+use llama_rs::{apply_chat_template, builtin_chat_templates, ChatMessage, ChatTemplate, Error, Model, ModelParams};
 
 fn conversation() -> Vec<ChatMessage> {
     vec![ChatMessage::system("You are helpful."), ChatMessage::user("Hi!"), ChatMessage::assistant("Hello.")]
@@ -50,7 +50,7 @@ fn output_longer_than_the_first_buffer() {
 #[test]
 fn unknown_template_is_error() {
     match apply_chat_template(Some("no-such-template-xyz"), &conversation(), true) {
-        Err(Error::ChatTemplate { message }) => assert!(message.contains("no-such-template-xyz"), "{message}"),
+        Err(Error::ChatTemplate { message, .. }) => assert!(message.contains("no-such-template-xyz"), "{message}"),
         other => panic!("{other:?}"),
     }
 }
@@ -82,10 +82,14 @@ fn model_template_is_used() {
     let m = common::tiny();
     let by_model = m.apply_chat_template(&conversation(), true).unwrap();
     assert_eq!(by_model, apply_chat_template(Some("chatml"), &conversation(), true).unwrap());
+    // The synthetic Llama 3 template writes `bos_token` first, as the real
+    // ones do; llama.cpp's built-in format leaves BOS to the tokenizer.
     let bpe = common::tiny_bpe();
+    let bos = ChatTemplate::from_model(&bpe, None).unwrap().bos_text().to_string();
+    assert_eq!(bos, "<|begin_of_text|>");
     assert_eq!(
         bpe.apply_chat_template(&conversation(), true).unwrap(),
-        apply_chat_template(Some("llama3"), &conversation(), true).unwrap()
+        bos + &apply_chat_template(Some("llama3"), &conversation(), true).unwrap()
     );
 }
 

@@ -108,6 +108,11 @@ fn parallel_requests_give_their_solo_tokens_seeded_tiny() {
     );
 }
 
+/// SmolLM2's template adds its own system prompt when there is none ("You
+/// are a helpful AI assistant named SmolLM, ..."), with which the 135M model
+/// answers the France question in French verse; this one gets plain answers.
+const SYSTEM: &str = "You are a helpful assistant.";
+
 const QUESTIONS: [&str; 6] = [
     "What is the capital of France?",
     "Name three colours.",
@@ -120,26 +125,33 @@ const QUESTIONS: [&str; 6] = [
 #[test]
 fn parallel_requests_give_their_solo_tokens_real_model() {
     let model = real();
-    let chat = |i: usize| Request::chat(vec![ChatMessage::user(QUESTIONS[i % QUESTIONS.len()])]);
+    let chat = |i: usize| {
+        Request::chat(vec![ChatMessage::system(SYSTEM), ChatMessage::user(QUESTIONS[i % QUESTIONS.len()])])
+    };
     let greedy = |i: usize| chat(i).sampling(SamplingParams::greedy()).max_tokens(16).logprobs(2);
     let alone = run_alone(&model, &greedy, 6);
     let together = run_together(&model, &greedy, 6, 4);
+    // Tokens must agree until they part at a near tie (after which the
+    // contexts differ and nothing more is compared); a tie both runs broke
+    // the same way keeps the contexts equal, so comparing goes on.
     let mut compared = 0;
     for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
         for (k, lp) in a.logprobs.iter().enumerate() {
-            if lp.top.len() == 2 && lp.top[0].1 - lp.top[1].1 < NEAR_TIE {
+            if t.tokens.get(k) != Some(&a.tokens[k]) {
+                let gap = lp.top.first().map(|f| f.1).unwrap_or(0.0) - lp.top.get(1).map_or(f32::NEG_INFINITY, |s| s.1);
+                assert!(
+                    gap < NEAR_TIE,
+                    "request {i}, token {k}: alone {:?} vs together {:?}, and the top two are {gap} apart",
+                    a.tokens,
+                    t.tokens
+                );
                 break;
             }
-            assert_eq!(
-                a.tokens[k], t.tokens[k],
-                "request {i}, token {k}: alone {:?} vs together {:?}",
-                a.tokens, t.tokens
-            );
             compared += 1;
         }
     }
-    eprintln!("real model, greedy: {compared} tokens compared before a near tie");
-    assert!(compared >= 6, "only {compared} tokens were clear enough to compare");
+    eprintln!("real model, greedy: {compared} tokens equal up to the first parting at a near tie");
+    assert!(compared >= 24, "only {compared} tokens were compared");
 
     let seeded = |i: usize| chat(i).sampling(SamplingParams::default().seed(7 + i as u32)).max_tokens(16);
     let first = run_together(&model, &seeded, 6, 4);
@@ -155,7 +167,7 @@ fn the_real_model_answers() {
     let e = engine(real(), 2, 2048);
     let c = e
         .submit(
-            Request::chat(vec![ChatMessage::user("What is the capital of France?")])
+            Request::chat(vec![ChatMessage::system(SYSTEM), ChatMessage::user("What is the capital of France?")])
                 .sampling(SamplingParams::greedy())
                 .max_tokens(24),
         )

@@ -1,6 +1,9 @@
-//! Chat templates: turning messages into a prompt with llama.cpp's built-in
-//! templates (no Jinja: a template text is matched to a built-in one by
-//! llama.cpp's heuristics).
+//! Chat messages, and llama.cpp's built-in chat templates by name.
+//!
+//! A model's own Jinja template is rendered by
+//! [`ChatTemplate`](crate::ChatTemplate) (see `template.rs`);
+//! [`apply_chat_template`] gives llama.cpp's built-in formats (`chatml`,
+//! `llama3`, ...) by name.
 
 use crate::error::{Error, Result};
 use crate::ffi::{check_shim, cstring, string_from_ptr, try_resize};
@@ -10,18 +13,69 @@ use std::ffi::CString;
 use std::os::raw::c_char;
 
 /// One message of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+///
+/// A template reads it as the object OpenAI's chat API uses: `role`,
+/// `content`, and, where set, `tool_calls` (each
+/// `{"id", "type": "function", "function": {"name", "arguments"}}`),
+/// `tool_call_id` and `name`. An assistant message with tool calls and empty
+/// content gets `content: null`, as OpenAI clients send it.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ChatMessage {
-    /// `system`, `user`, `assistant`, or whatever the template knows.
+    /// `system`, `user`, `assistant`, `tool`, or whatever the template knows.
     pub role: String,
     /// The text.
     pub content: String,
+    /// Calls the assistant made (assistant messages).
+    pub tool_calls: Vec<ToolCall>,
+    /// The call this message answers (`tool` messages).
+    pub tool_call_id: Option<String>,
+    /// The tool's name (`tool` messages), or a participant's name.
+    pub name: Option<String>,
+}
+
+/// A call of a tool by the model: its name and JSON arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCall {
+    /// An id the answer refers to (`tool_call_id`), if the format has one.
+    pub id: Option<String>,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments, normally a JSON object. Templates read them as an
+    /// object (`arguments | tojson`); a JSON string is passed on as a string.
+    pub arguments: serde_json::Value,
+}
+
+impl ToolCall {
+    /// A call of `name` with `arguments`.
+    pub fn new(name: impl Into<String>, arguments: serde_json::Value) -> ToolCall {
+        ToolCall { id: None, name: name.into(), arguments }
+    }
+
+    /// Sets the call's id.
+    pub fn with_id(mut self, id: impl Into<String>) -> ToolCall {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// The OpenAI-shaped object a template reads.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut call = serde_json::Map::new();
+        if let Some(id) = &self.id {
+            call.insert("id".into(), id.clone().into());
+        }
+        call.insert("type".into(), "function".into());
+        call.insert(
+            "function".into(),
+            serde_json::json!({ "name": self.name, "arguments": self.arguments }),
+        );
+        serde_json::Value::Object(call)
+    }
 }
 
 impl ChatMessage {
     /// A message with any role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage { role: role.into(), content: content.into() }
+        ChatMessage { role: role.into(), content: content.into(), ..ChatMessage::default() }
     }
     /// A `system` message.
     pub fn system(content: impl Into<String>) -> ChatMessage {
@@ -35,6 +89,37 @@ impl ChatMessage {
     pub fn assistant(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("assistant", content)
     }
+    /// An `assistant` message that calls tools (content may be empty).
+    pub fn assistant_tool_calls(content: impl Into<String>, calls: impl Into<Vec<ToolCall>>) -> ChatMessage {
+        ChatMessage { tool_calls: calls.into(), ..ChatMessage::assistant(content) }
+    }
+    /// A `tool` message: the result of the call `tool_call_id` (if the
+    /// format has ids) of the tool `name`.
+    pub fn tool(name: impl Into<String>, tool_call_id: Option<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage { name: Some(name.into()), tool_call_id, ..ChatMessage::new("tool", content) }
+    }
+
+    /// The OpenAI-shaped object a template reads.
+    pub(crate) fn to_json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("role".into(), self.role.clone().into());
+        let content = if self.content.is_empty() && !self.tool_calls.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.content.clone().into()
+        };
+        m.insert("content".into(), content);
+        if !self.tool_calls.is_empty() {
+            m.insert("tool_calls".into(), self.tool_calls.iter().map(ToolCall::to_json).collect());
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.insert("tool_call_id".into(), id.clone().into());
+        }
+        if let Some(name) = &self.name {
+            m.insert("name".into(), name.clone().into());
+        }
+        serde_json::Value::Object(m)
+    }
 }
 
 /// First characters of a template, for error messages.
@@ -46,11 +131,13 @@ fn template_head(t: &str) -> String {
     head
 }
 
-/// Formats `messages` with a built-in template. `template` is a built-in
-/// name (see [`builtin_chat_templates`], e.g. `"chatml"`, `"llama3"`) or a
-/// template text that llama.cpp recognises (e.g. a model's Jinja template);
+/// Formats `messages` with one of llama.cpp's built-in templates. `template`
+/// is a built-in name (see [`builtin_chat_templates`], e.g. `"chatml"`,
+/// `"llama3"`) or a template text that llama.cpp's heuristics recognise;
 /// `None` means `"chatml"`, as in llama.cpp. `add_assistant` ends the prompt
-/// with the start of an assistant turn.
+/// with the start of an assistant turn. Only role and content are used. To
+/// render a model's own Jinja template exactly, use
+/// [`ChatTemplate`](crate::ChatTemplate) or [`Model::apply_chat_template`].
 ///
 /// Errors: a NUL byte in a role, content or template ([`Error::Nul`]); a
 /// template llama.cpp does not know ([`Error::ChatTemplate`]).
@@ -86,6 +173,7 @@ pub fn apply_chat_template(template: Option<&str>, messages: &[ChatMessage], add
         check_shim("llama_chat_apply_template", status)?;
         if n < 0 {
             return Err(Error::ChatTemplate {
+                line: None,
                 message: format!(
                     "template {:?} is not one llama.cpp knows (see builtin_chat_templates()), or it cannot format \
                      these messages",
@@ -105,7 +193,7 @@ pub fn apply_chat_template(template: Option<&str>, messages: &[ChatMessage], add
         }
         try_resize(&mut buf, n + 1, 0, "chat buffer")?;
     }
-    Err(Error::ChatTemplate { message: "the formatted chat does not fit in i32::MAX bytes".into() })
+    Err(Error::ChatTemplate { line: None, message: "the formatted chat does not fit in i32::MAX bytes".into() })
 }
 
 /// Names of llama.cpp's built-in chat templates (`chatml`, `llama3`, ...).
@@ -122,13 +210,16 @@ pub fn builtin_chat_templates() -> Vec<String> {
 }
 
 impl Model {
-    /// Formats `messages` with the model's own chat template
-    /// (`tokenizer.chat_template`), matched to a built-in one by llama.cpp.
-    /// Errors if the model has no template or llama.cpp does not recognise it.
+    /// Formats `messages` with the model's own Jinja template
+    /// (`tokenizer.chat_template`), rendered as transformers renders it (see
+    /// [`ChatTemplate`](crate::ChatTemplate)), with the model's BOS and EOS
+    /// texts and the generation prompt when `add_assistant`. This compiles
+    /// the template on each call: keep a `ChatTemplate` to render many times.
+    ///
+    /// Errors: the model has no template, or the template fails
+    /// ([`Error::ChatTemplate`], with the line).
     pub fn apply_chat_template(&self, messages: &[ChatMessage], add_assistant: bool) -> Result<String> {
-        let template = self.chat_template(None).ok_or_else(|| Error::ChatTemplate {
-            message: format!("model {} has no chat template (tokenizer.chat_template)", self.path().display()),
-        })?;
-        apply_chat_template(Some(&template), messages, add_assistant)
+        let template = crate::template::ChatTemplate::from_model(self, None)?;
+        template.render(messages, &crate::template::ChatOptions::default().add_generation_prompt(add_assistant))
     }
 }

@@ -78,6 +78,15 @@ pub enum Error {
     #[error("the prompt has {n_prompt} tokens, more than the {n_ctx} a request may use: shorten it, or use a larger n_ctx (or fewer slots)")]
     PromptTooLong { n_prompt: usize, n_ctx: usize },
 
+    /// One input of an [`Embedder`](crate::Embedder) call (a text, or a
+    /// query-document pair for reranking) is longer than one batch holds.
+    #[error("input {index} has {n_tokens} tokens, more than the {limit} one embedding batch holds: shorten it, or raise EmbedParams::batch_tokens")]
+    InputTooLong { index: usize, n_tokens: usize, limit: usize },
+
+    /// A LoRA adapter file that cannot be used with this model.
+    #[error("LoRA adapter {path}: {message}")]
+    Adapter { path: PathBuf, message: String },
+
     /// A sequence state that cannot be saved or loaded here.
     #[error("sequence state: {message}")]
     State { message: String },
@@ -98,9 +107,12 @@ pub enum Error {
     #[error("tokenizer: {message}")]
     Tokenize { message: String },
 
-    /// Chat template application failed.
+    /// A chat template failed: it does not compile, it raised
+    /// (`raise_exception`), or llama.cpp does not know a built-in name.
+    /// `line` is the template line, where known; `message` names the template
+    /// and what went wrong.
     #[error("chat template: {message}")]
-    ChatTemplate { message: String },
+    ChatTemplate { line: Option<usize>, message: String },
 
     /// Quantization failed.
     #[error("quantize {path}: {message}")]

@@ -29,13 +29,14 @@ mod modules;
 mod quantize;
 mod sampler;
 mod state;
+mod template;
 pub mod synthetic;
 mod validate;
 mod vocab;
 
 pub use backend::{init, physical_cores, system_info};
 pub use batch::{Batch, Pos, SeqId, MAX_POS};
-pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage};
+pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage, ToolCall};
 pub use context::{Context, ContextParams, CtxSize, FlashAttention, KvType, PerfContext, DEFAULT_N_CTX};
 pub use device::{default_gpus, devices, Device, DeviceKind};
 pub use engine::{
@@ -54,6 +55,7 @@ pub use modules::{backend_modules, load_backend_dir, load_backend_module, pin_st
 pub use quantize::{quantize, Ftype, QuantizeParams};
 pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
 pub use state::SeqState;
+pub use template::{ChatOptions, ChatTemplate};
 pub use vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.

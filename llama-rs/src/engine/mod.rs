@@ -158,6 +158,8 @@ pub struct Engine {
     n_ctx_slot: usize,
     n_slots: u32,
     can_shift: bool,
+    /// The model's chat template, compiled at the first chat request.
+    chat_template: std::sync::OnceLock<crate::template::ChatTemplate>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -220,6 +222,7 @@ impl Engine {
             n_ctx_slot,
             n_slots,
             can_shift,
+            chat_template: std::sync::OnceLock::new(),
         })
     }
 
@@ -279,8 +282,15 @@ impl Engine {
             RequestPrompt::Text(text) => vocab.tokenize_into(text, add, request.parse_special, &mut tokens)?,
             RequestPrompt::Tokens(t) => tokens.extend_from_slice(t),
             RequestPrompt::Chat(messages) => {
-                let text = self.model.apply_chat_template(messages, true)?;
-                vocab.tokenize_into(&text, add, crate::vocab::ParseSpecial::Yes, &mut tokens)?;
+                let template = match self.chat_template.get() {
+                    Some(t) => t,
+                    None => {
+                        let t = crate::template::ChatTemplate::from_model(&self.model, None)?;
+                        self.chat_template.get_or_init(|| t)
+                    }
+                };
+                let text = template.render(messages, &crate::template::ChatOptions::default())?;
+                crate::template::tokenize_chat(vocab, template, &text, add, &mut tokens)?;
             }
         }
         if tokens.len() == resumed {
