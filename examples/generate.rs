@@ -3,20 +3,30 @@
 //! ```text
 //! cargo run --release --example generate -- [--model PATH] [--prompt TEXT] [-n N]
 //!     [--seed S] [--temp T] [-ngl N] [--split-mode none|layer|row|tensor]
-//!     [--tensor-split 3,1] [--main-gpu I]
+//!     [--tensor-split 3,1] [--main-gpu I] [-cnv [-sys TEXT]]
 //! ```
+//!
+//! `-cnv` chats, as llama-cli does: each line read from standard input is a
+//! user turn, formatted with the model's own chat template (after the `-sys`
+//! system message); the answer streams back. The KV cache is kept between
+//! turns: only the new text of each turn is decoded. An empty line or end of
+//! input ends the chat.
 //!
 //! Without `--model` it writes (once) a small synthetic model with random
 //! weights and uses it: the text is gibberish, the timings are real.
 
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind};
-use llama_rs::{ContextParams, GenerateParams, Model, ModelParams, Sampler, SplitMode};
-use std::io::Write;
+use llama_rs::{
+    AddSpecial, ChatMessage, ChatOptions, ChatTemplate, Context, ContextParams, GenerateParams, Model, ModelParams,
+    Prompt, Sampler, SplitMode,
+};
+use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: generate [--model PATH] [--prompt TEXT] [-n N] [--seed S] [--temp T] [-ngl N]
-                [--split-mode none|layer|row|tensor] [--tensor-split 3,1] [--main-gpu I]";
+                [--split-mode none|layer|row|tensor] [--tensor-split 3,1] [--main-gpu I]
+                [-cnv|--conversation] [-sys|--system-prompt TEXT]";
 
 struct Args {
     model: Option<PathBuf>,
@@ -28,6 +38,8 @@ struct Args {
     split_mode: SplitMode,
     tensor_split: Vec<f32>,
     main_gpu: usize,
+    conversation: bool,
+    system: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -41,12 +53,18 @@ fn parse_args() -> Result<Args, String> {
         split_mode: SplitMode::Layer,
         tensor_split: Vec::new(),
         main_gpu: 0,
+        conversation: false,
+        system: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             println!("{USAGE}");
             std::process::exit(0);
+        }
+        if flag == "-cnv" || flag == "--conversation" {
+            a.conversation = true;
+            continue;
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
@@ -69,6 +87,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| bad(&e))?
             }
             "--main-gpu" | "-mg" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
+            "-sys" | "--system-prompt" => a.system = Some(value),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
@@ -113,6 +132,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Sampler::builder(&model).top_k(40).top_p(0.95, 1).min_p(0.05, 1).temp(args.temp).dist(args.seed).build()?
     };
 
+    if args.conversation {
+        return chat(&model, &mut ctx, &mut sampler, &args);
+    }
     let mut out = std::io::stdout().lock();
     write!(out, "{}", args.prompt)?;
     out.flush()?;
@@ -133,4 +155,50 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         s.stop_reason
     );
     Ok(())
+}
+
+/// The `-cnv` loop: one user turn per input line, the model's template, the
+/// KV cache kept between turns.
+fn chat(model: &Model, ctx: &mut Context<'_>, sampler: &mut Sampler<'_>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let template = ChatTemplate::from_model(model, None)?;
+    let vocab = model.vocab();
+    let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
+    // What the cache holds, as the template renders it (no generation prompt).
+    let mut cached = String::new();
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    loop {
+        write!(out, "\n> ")?;
+        out.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            return Ok(());
+        }
+        history.push(ChatMessage::user(line.trim_end_matches(['\n', '\r'])));
+        let full = template.render(&history, &ChatOptions::default())?;
+        // Only the new text is decoded. A template that rewrites earlier
+        // turns (some drop old reasoning) makes the cache stale: start over.
+        let (delta, first) = match full.strip_prefix(cached.as_str()) {
+            Some(delta) if !cached.is_empty() => (delta, false),
+            _ => {
+                ctx.clear_kv(true);
+                (full.as_str(), true)
+            }
+        };
+        let tokens = template.tokenize(vocab, delta, AddSpecial::from(first))?;
+        sampler.reset()?;
+        let params = GenerateParams::default().max_tokens(args.n).add_special(Some(AddSpecial::No));
+        let mut reply = String::new();
+        let mut generation = ctx.generate(sampler, Prompt::Tokens(&tokens), params)?;
+        for piece in &mut generation {
+            let piece = piece?;
+            write!(out, "{}", piece.text)?;
+            out.flush()?;
+            reply.push_str(&piece.text);
+        }
+        writeln!(out)?;
+        drop(generation);
+        history.push(ChatMessage::assistant(reply));
+        cached = template.render(&history, &ChatOptions::default().add_generation_prompt(false))?;
+    }
 }

@@ -270,24 +270,39 @@ impl ChatTemplate {
     }
 }
 
-/// Tokenizes a rendered chat for the model. When the tokenizer adds BOS
-/// itself (`add` and the vocabulary's `add_bos`), a BOS text the template
-/// wrote at the start is dropped, so the prompt has one BOS, as llama-server
-/// does. Special-token texts are parsed as tokens.
-pub(crate) fn tokenize_chat(
-    vocab: crate::vocab::Vocab<'_>,
-    template: &ChatTemplate,
-    text: &str,
-    add: crate::vocab::AddSpecial,
-    out: &mut Vec<crate::vocab::Token>,
-) -> Result<()> {
-    let bos = template.bos_text();
-    let adds_bos = add == crate::vocab::AddSpecial::Yes && vocab.add_bos();
-    let text = match text.strip_prefix(bos) {
-        Some(rest) if adds_bos && !bos.is_empty() => rest,
-        _ => text,
-    };
-    vocab.tokenize_into(text, add, crate::vocab::ParseSpecial::Yes, out)
+impl ChatTemplate {
+    /// Tokenizes text this template rendered, special-token texts as tokens.
+    /// When the tokenizer adds BOS itself (`add` and the vocabulary's
+    /// [`add_bos`](crate::Vocab::add_bos)), a BOS text the template wrote at
+    /// the start is dropped, so the prompt has one BOS (llama-server does the
+    /// same).
+    pub fn tokenize(
+        &self,
+        vocab: crate::vocab::Vocab<'_>,
+        text: &str,
+        add: crate::vocab::AddSpecial,
+    ) -> Result<Vec<crate::vocab::Token>> {
+        let mut out = Vec::new();
+        self.tokenize_into(vocab, text, add, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`tokenize`](Self::tokenize), appending to `out`.
+    pub fn tokenize_into(
+        &self,
+        vocab: crate::vocab::Vocab<'_>,
+        text: &str,
+        add: crate::vocab::AddSpecial,
+        out: &mut Vec<crate::vocab::Token>,
+    ) -> Result<()> {
+        let bos = self.bos_text();
+        let adds_bos = add == crate::vocab::AddSpecial::Yes && vocab.add_bos();
+        let text = match text.strip_prefix(bos) {
+            Some(rest) if adds_bos && !bos.is_empty() => rest,
+            _ => text,
+        };
+        vocab.tokenize_into(text, add, crate::vocab::ParseSpecial::Yes, out)
+    }
 }
 
 /// A minijinja error as [`Error::ChatTemplate`]: where (the template's origin

@@ -290,7 +290,7 @@ impl Engine {
                     }
                 };
                 let text = template.render(messages, &crate::template::ChatOptions::default())?;
-                crate::template::tokenize_chat(vocab, template, &text, add, &mut tokens)?;
+                template.tokenize_into(vocab, &text, add, &mut tokens)?;
             }
         }
         if tokens.len() == resumed {
