@@ -1,7 +1,9 @@
 //! A context: the KV cache and compute state for decoding with a [`Model`].
 
+use crate::adapter::LoraAdapter;
 use crate::backend::log_error_or;
 use crate::batch::{Batch, Pos, SeqId, MAX_POS};
+use crate::embed::Pooling;
 use crate::error::{Error, Result};
 use crate::ffi::{shim_ptr, shim_value, try_with_capacity};
 use crate::model::{Model, ModelRef, SplitMode};
@@ -149,6 +151,7 @@ pub struct ContextParams {
     type_k: KvType,
     type_v: KvType,
     embeddings: bool,
+    pooling: Option<Pooling>,
     offload_kqv: bool,
     no_perf: bool,
 }
@@ -168,6 +171,7 @@ impl Default for ContextParams {
             type_k: KvType::F16,
             type_v: KvType::F16,
             embeddings: false,
+            pooling: None,
             offload_kqv: true,
             no_perf: false,
         }
@@ -254,6 +258,14 @@ impl ContextParams {
         self.embeddings = yes;
         self
     }
+    /// How an embeddings context pools each sequence's token embeddings
+    /// ([`Context::seq_embeddings`]); without this call, the model's own
+    /// choice ([`Model::pooling`], [`Pooling::None`] when it has none).
+    /// [`Pooling::Rank`] needs a model with a classifier head (a reranker).
+    pub fn pooling(mut self, pooling: Pooling) -> Self {
+        self.pooling = Some(pooling);
+        self
+    }
     /// Keeps the KV cache and attention on the GPU (default true).
     pub fn offload_kqv(mut self, yes: bool) -> Self {
         self.offload_kqv = yes;
@@ -303,6 +315,7 @@ impl ContextParams {
         raw.type_k = self.type_k.raw();
         raw.type_v = self.type_v.raw();
         raw.embeddings = self.embeddings;
+        raw.pooling_type = self.pooling.map_or(sys::LLAMA_POOLING_TYPE_UNSPECIFIED, Pooling::raw);
         raw.offload_kqv = self.offload_kqv;
         raw.no_perf = self.no_perf;
         raw
@@ -351,6 +364,13 @@ impl ContextParams {
                      one output row per sequence"
                 ),
             ));
+        }
+        if self.embeddings {
+            // The micro-batch llama.cpp reserves its graph for (sched_reserve):
+            // n_ctx padded to 256, then n_batch and n_ubatch clamped to it.
+            let n_ctx_padded = n_ctx.checked_next_multiple_of(256).unwrap_or(u32::MAX);
+            let reserve_tokens = n_ctx_padded.min(self.n_batch).min(self.n_ubatch);
+            crate::embed::check_pooling(model, self.pooling, reserve_tokens, self.n_seq_max)?;
         }
         if model.split_mode() == SplitMode::Tensor && self.flash_attention == FlashAttention::Off {
             return Err(Error::SplitMode {
@@ -410,13 +430,27 @@ pub struct Context<'m> {
     n_seq_max: u32,
     n_vocab: i32,
     embeddings: bool,
+    /// The pooling llama.cpp resolved for this context.
+    pooling: Pooling,
+    /// Positions the model has learned embeddings for (`position_embd`,
+    /// GPT-2/BERT-style models): a batch position past them makes ggml's
+    /// row lookup abort.
+    pos_limit: Option<Pos>,
+    /// The LoRA adapters applied, with their scales (none zero); holding
+    /// them keeps them alive while llama.cpp's context points to them.
+    loras: Vec<(LoraAdapter<'m>, f32)>,
+    /// A LoRA or control-vector change makes llama.cpp re-reserve its graph
+    /// at the next decode, which reads the model's adapter list: that decode
+    /// runs under the model's write lock.
+    reserve_pending: bool,
     /// Output flags of the rows of the last successful decode.
     outputs: Vec<i8>,
 }
 
 // SAFETY: a llama_context may be used from any thread, one at a time; `&mut
 // self` on every mutating method and the missing Sync ensure that. The model
-// it borrows or shares is Sync; the abort callback is `Send`.
+// it borrows or shares is Sync; the abort callback is `Send`; the LoRA
+// adapters it holds are Send + Sync (read-only after loading).
 unsafe impl Send for Context<'_> {}
 
 impl std::fmt::Debug for Context<'_> {
@@ -502,6 +536,12 @@ impl<'m> Context<'m> {
             (sys::llama_n_ctx(c), sys::llama_n_batch(c), sys::llama_n_ubatch(c), sys::llama_n_seq_max(c))
         };
         let n_vocab = model.vocab().n_tokens();
+        // SAFETY: live context; a plain query of the resolved parameter.
+        let pooling = Pooling::from_raw(unsafe { sys::llama_pooling_type(ptr.as_ptr()) }).unwrap_or(Pooling::None);
+        // gpt2, starcoder, mpt, bert: `ggml_get_rows(pos_embd, inp_pos)`.
+        let pos_limit = model
+            .tensor_info("position_embd.weight")
+            .map(|(ne, _)| Pos::try_from(ne[1]).unwrap_or(MAX_POS).min(MAX_POS));
         let mut ctx = Context {
             ptr,
             model,
@@ -514,6 +554,10 @@ impl<'m> Context<'m> {
             n_seq_max,
             n_vocab,
             embeddings: params.embeddings,
+            pooling,
+            pos_limit,
+            loras: Vec::new(),
+            reserve_pending: false,
             // Filled below; the context is freed by Drop if that fails.
             outputs: Vec::new(),
         };
@@ -701,8 +745,28 @@ impl<'m> Context<'m> {
             });
         }
         self.check_batch(batch)?;
-        self.outputs.clear();
         let raw = batch.as_raw();
+        if let Some(limit) = self.pos_limit {
+            // SAFETY: `as_raw` points `pos` at the batch's own n_tokens
+            // positions, alive and unchanged while `batch` is borrowed here.
+            let positions = unsafe { std::slice::from_raw_parts(raw.pos, raw.n_tokens as usize) };
+            if let Some(&p) = positions.iter().find(|&&p| p >= limit) {
+                return Err(Error::BatchInvalid {
+                    n_tokens: batch.len(),
+                    reason: format!(
+                        "position {p}: the model has learned position embeddings for positions 0..{limit} only \
+                         (position_embd, its training context); ggml's row lookup would abort past them"
+                    ),
+                });
+            }
+        }
+        self.outputs.clear();
+        // After a LoRA or control-vector change llama.cpp re-reserves its
+        // graph in this decode and reads the model's adapter list
+        // (`llama-context.cpp` graph_max_nodes), which loading or freeing an
+        // adapter on another thread writes: serialised per model.
+        let _model_guard =
+            self.reserve_pending.then(|| self.model.write_lock.lock().unwrap_or_else(|e| e.into_inner()));
         // With an abort callback, a decode may be stopped on purpose: its
         // error lines are then logged at debug level only.
         let abortable = self.abort.is_some();
@@ -721,6 +785,7 @@ impl<'m> Context<'m> {
         let ret = ret?;
         match ret {
             0 => {
+                self.reserve_pending = false;
                 if self.embeddings {
                     // An embeddings context outputs every row, marked or not
                     // (`llama-context.cpp:1737`, `llama-batch.cpp:193`).
@@ -778,6 +843,19 @@ impl<'m> Context<'m> {
         if !self.embeddings {
             return Err(Error::NoLogits { index: i, reason: "the context was created without embeddings".into() });
         }
+        if self.pooling != Pooling::None {
+            // llama.cpp then fills only the per-sequence rows: the per-token
+            // buffer exists but holds nothing written (`llama-context.cpp`,
+            // the pooling switch of decode).
+            return Err(Error::NoLogits {
+                index: i,
+                reason: format!(
+                    "the context pools ({}): read one row per sequence with seq_embeddings, or create the context \
+                     with ContextParams::pooling(Pooling::None) for per-token rows",
+                    self.pooling.name()
+                ),
+            });
+        }
         self.check_output(i)?;
         // SAFETY: as for logits; n_embd floats per row.
         let ptr = unsafe { sys::llama_get_embeddings_ith(self.as_ptr(), i) };
@@ -788,6 +866,59 @@ impl<'m> Context<'m> {
         // (`llama-context.cpp:987`); the validator bounds n_embd_out by what
         // the graph writes. Owned by the context, valid until the next decode.
         Ok(unsafe { std::slice::from_raw_parts(ptr, self.model.n_embd_out() as usize) })
+    }
+
+    /// The pooling of this context, as llama.cpp resolved it (the
+    /// [`ContextParams::pooling`] asked for, else the model's).
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// The positions a token may have in this context's model, when the
+    /// model limits them: models with learned absolute position embeddings
+    /// (GPT-2, StarCoder, BERT: `position_embd`) know positions
+    /// `0..max_positions()` only, and a batch past them is refused
+    /// ([`Error::BatchInvalid`]). `None`: no such limit (RoPE and ALiBi
+    /// models; positions past the training length only lose quality).
+    pub fn max_positions(&self) -> Option<Pos> {
+        self.pos_limit
+    }
+
+    /// The pooled row of sequence `seq` after the last decode (contexts
+    /// created with `embeddings(true)` and a pooling other than
+    /// [`Pooling::None`]): [`Model::n_embd_out`] floats for mean, CLS and last
+    /// pooling, the classifier's [`Model::n_cls_out`] scores for rank pooling.
+    /// The sequence must have had tokens in the last decode, and all of its
+    /// tokens must have been in that decode, in one micro-batch (llama.cpp
+    /// pools each micro-batch on its own): [`Embedder`](crate::Embedder)
+    /// arranges that.
+    pub fn seq_embeddings(&self, seq: SeqId) -> Result<&[f32]> {
+        let err = |reason: String| Err(Error::NoLogits { index: seq, reason });
+        if !self.embeddings {
+            return err("the context was created without embeddings".into());
+        }
+        if self.pooling == Pooling::None {
+            return err("the context does not pool (Pooling::None): read per-token rows with embeddings(i)".into());
+        }
+        self.check_seq(seq)?;
+        if self.outputs.is_empty() {
+            return err("nothing decoded yet (or the last decode failed)".into());
+        }
+        // SAFETY: live context, sequence id in range; llama.cpp looks the id
+        // up in its per-sequence map and returns NULL when absent.
+        let ptr = unsafe { sys::llama_get_embeddings_seq(self.as_ptr(), seq) };
+        if ptr.is_null() {
+            return err(format!("sequence {seq} had no tokens in the last decode"));
+        }
+        let width = match self.pooling {
+            Pooling::Rank => self.model.n_cls_out(),
+            _ => self.model.n_embd_out(),
+        };
+        // SAFETY: llama.cpp sized this sequence's row to n_cls_out (rank) or
+        // n_embd_out (the other poolings) floats in the last decode
+        // (`llama-context.cpp`, the pooling switch); it lives in the context
+        // until the next decode, which needs &mut self.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, width as usize) })
     }
 
     fn memory(&self) -> sys::llama_memory_t {
@@ -971,6 +1102,169 @@ impl<'m> Context<'m> {
     pub fn synchronize(&mut self) {
         // SAFETY: live context.
         unsafe { sys::llama_synchronize(self.as_ptr()) };
+    }
+}
+
+/// LoRA adapters and control vectors.
+impl<'m> Context<'m> {
+    /// Applies exactly this set of LoRA adapters, each with its scale,
+    /// replacing the set applied before (llama.cpp's `llama_set_adapters_lora`).
+    /// A scale of 0 leaves the adapter out; `&[]` removes every adapter.
+    ///
+    /// Cheap when nothing changes: a set equal to the current one (the same
+    /// adapters with the same scales, in any order) returns at once, so a
+    /// server can call this before every step for the request it decodes.
+    /// A changed set makes the next [`decode`](Self::decode) rebuild
+    /// llama.cpp's compute graph (and take the model's lock while it does).
+    ///
+    /// The context keeps the adapters it uses alive: dropping a
+    /// [`LoraAdapter`] handle while a context still applies it is fine.
+    /// Errors: an adapter loaded for another model, a scale that is not
+    /// finite, or an adapter listed twice ([`Error::InvalidParam`]).
+    pub fn set_lora(&mut self, adapters: &[(&LoraAdapter<'m>, f32)]) -> Result<()> {
+        let mut set: Vec<(LoraAdapter<'m>, f32)> =
+            try_with_capacity(adapters.len(), "the LoRA set", adapters.len() * std::mem::size_of::<(usize, f32)>())?;
+        for (i, &(adapter, scale)) in adapters.iter().enumerate() {
+            if !std::ptr::eq(adapter.model(), &*self.model) {
+                return Err(Error::invalid(
+                    "LoRA adapter",
+                    adapter.path().display(),
+                    "was loaded for another model: load it for this context's model",
+                ));
+            }
+            if !scale.is_finite() {
+                return Err(Error::invalid("LoRA scale", scale, format!("adapter {i}: scales must be finite")));
+            }
+            if adapters[..i].iter().any(|(a, _)| a.same(adapter)) {
+                return Err(Error::invalid(
+                    "LoRA adapter",
+                    adapter.path().display(),
+                    format!("listed twice (at {i}): give each adapter once, with the sum of its scales"),
+                ));
+            }
+            // llama.cpp leaves zero scales out (`llama-context.cpp`
+            // set_adapters_lora); so does the kept set, for the comparison.
+            if scale != 0.0 {
+                set.push((adapter.clone(), scale));
+            }
+        }
+        let unchanged = set.len() == self.loras.len()
+            && set.iter().all(|(a, s)| self.loras.iter().any(|(b, t)| a.same(b) && s.to_bits() == t.to_bits()));
+        if unchanged {
+            return Ok(());
+        }
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> = set.iter().map(|(a, _)| a.as_ptr()).collect();
+        let mut scales: Vec<f32> = set.iter().map(|&(_, s)| s).collect();
+        // SAFETY: live context; `ptrs` and `scales` hold set.len() entries
+        // each (both NULL-free when empty: Vec's dangling pointers are never
+        // read for n = 0); every adapter belongs to this context's model and
+        // is kept alive by `self.loras` while llama.cpp's context points to
+        // it (replaced only by the next call, which replaces llama.cpp's set
+        // too, or freed after llama_free in Drop).
+        unsafe { sys::llama_set_adapters_lora(self.as_ptr(), ptrs.as_mut_ptr(), ptrs.len(), scales.as_mut_ptr()) };
+        self.loras = set;
+        self.reserve_pending = true;
+        Ok(())
+    }
+
+    /// Removes every LoRA adapter (`set_lora(&[])`).
+    pub fn clear_lora(&mut self) {
+        if !self.loras.is_empty() {
+            // SAFETY: live context; n = 0 with NULL arrays is the call
+            // llama.cpp documents for an empty set (it asserts n == 0 then).
+            unsafe { sys::llama_set_adapters_lora(self.as_ptr(), std::ptr::null_mut(), 0, std::ptr::null_mut()) };
+            self.loras.clear();
+            self.reserve_pending = true;
+        }
+    }
+
+    /// The LoRA adapters applied, with their scales (none zero).
+    pub fn lora(&self) -> &[(LoraAdapter<'m>, f32)] {
+        &self.loras
+    }
+
+    /// Applies a control vector: `data` holds one direction of
+    /// [`Model::n_embd`] floats for each layer from 1 to `n_layer - 1`, in
+    /// that order (llama.cpp adds the direction of layer `il` to that layer's
+    /// output; layer 0 never has one), so `n_embd * (n_layer - 1)` floats.
+    /// Only the layers in `layers` (within `1..n_layer`) get theirs added,
+    /// e.g. `1..=4`, or `..` for all. Replaces the vector applied before;
+    /// [`clear_control_vector`](Self::clear_control_vector) removes it.
+    ///
+    /// The length, the range and the values (finite) are checked here:
+    /// llama.cpp itself copies only the layers that a shorter buffer covers
+    /// and keeps the old values of the others.
+    pub fn set_control_vector(&mut self, data: &[f32], layers: impl RangeBounds<u32>) -> Result<()> {
+        let (n_embd, n_layer) = (self.model.n_embd(), self.model.n_layer());
+        if n_layer < 2 {
+            return Err(Error::invalid(
+                "control vector",
+                format!("{} floats", data.len()),
+                format!("the model has {n_layer} layer(s); llama.cpp applies control vectors to layers 1.. only"),
+            ));
+        }
+        let want = n_embd as usize * (n_layer as usize - 1);
+        if data.len() != want {
+            return Err(Error::invalid(
+                "control vector",
+                format!("{} floats", data.len()),
+                format!(
+                    "needs n_embd x (n_layer - 1) = {n_embd} x {} = {want} floats (layers 1..{n_layer})",
+                    n_layer - 1
+                ),
+            ));
+        }
+        if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid("control vector", data[i], format!("value {i} is not finite")));
+        }
+        let first = match layers.start_bound() {
+            Bound::Unbounded => 1,
+            Bound::Included(&l) => l,
+            Bound::Excluded(&l) => l.saturating_add(1),
+        };
+        let last = match layers.end_bound() {
+            Bound::Unbounded => n_layer - 1,
+            Bound::Included(&l) => l,
+            Bound::Excluded(&l) => l.saturating_sub(1),
+        };
+        if first < 1 || last > n_layer - 1 || first > last {
+            return Err(Error::invalid(
+                "control vector layers",
+                format!("{first}..={last}"),
+                format!("must be a non-empty range within 1..={} (layer 0 never has a direction)", n_layer - 1),
+            ));
+        }
+        crate::backend::clear_log_error();
+        // SAFETY: live context; `data` holds exactly n_embd * (n_layer - 1)
+        // floats, all read by llama.cpp (checked above), copied into its own
+        // tensors; n_embd is the model's; the layers are in range.
+        let ret = unsafe {
+            sys::llama_set_adapter_cvec(
+                self.as_ptr(),
+                data.as_ptr(),
+                data.len(),
+                n_embd as i32,
+                first as i32,
+                last as i32,
+            )
+        };
+        self.reserve_pending = true;
+        if ret != 0 {
+            return Err(Error::invalid(
+                "control vector",
+                format!("{} floats", data.len()),
+                crate::backend::log_error_or("llama.cpp could not apply it (allocation failed)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Removes the control vector (its buffers stay allocated for the next).
+    pub fn clear_control_vector(&mut self) {
+        // SAFETY: live context; NULL data is llama.cpp's "clear" (it returns
+        // before reading anything else).
+        unsafe { sys::llama_set_adapter_cvec(self.as_ptr(), std::ptr::null(), 0, 0, -1, -1) };
+        self.reserve_pending = true;
     }
 }
 

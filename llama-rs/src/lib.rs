@@ -12,11 +12,13 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+mod adapter;
 mod backend;
 mod batch;
 mod chat;
 mod context;
 mod device;
+mod embed;
 mod engine;
 mod error;
 mod ffi;
@@ -29,16 +31,18 @@ mod modules;
 mod quantize;
 mod sampler;
 mod state;
-mod template;
 pub mod synthetic;
+mod template;
 mod validate;
 mod vocab;
 
+pub use adapter::LoraAdapter;
 pub use backend::{init, physical_cores, system_info};
 pub use batch::{Batch, Pos, SeqId, MAX_POS};
 pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage, ToolCall};
 pub use context::{Context, ContextParams, CtxSize, FlashAttention, KvType, PerfContext, DEFAULT_N_CTX};
 pub use device::{default_gpus, devices, Device, DeviceKind};
+pub use embed::{EmbedParams, Embedder, Normalize, Pooling};
 pub use engine::{
     Completion, Engine, EngineParams, EngineStatus, Event, Finished, Logprobs, Request, RequestHandle, RequestStats,
     SamplingParams, StreamPiece,

@@ -548,6 +548,18 @@ impl Model {
         self.ptr.as_ptr()
     }
 
+    /// The shape (`ne[0..4]`) and ggml type of the loaded tensor `name`, if
+    /// the model has it.
+    pub(crate) fn tensor_info(&self, name: &str) -> Option<([i64; 4], sys::ggml_type)> {
+        let c = std::ffi::CString::new(name).ok()?;
+        let (mut found, mut ne, mut ty) = (false, [0i64; 4], 0i32);
+        // SAFETY: live model; NUL-terminated name; `ne` has the 4 slots the
+        // shim writes; the shim catches exceptions.
+        let status =
+            unsafe { sys::llama_rs_model_tensor_info(self.as_ptr(), c.as_ptr(), &mut found, ne.as_mut_ptr(), &mut ty) };
+        (status == 0 && found).then_some((ne, ty as sys::ggml_type))
+    }
+
     /// The raw `llama_model` pointer, for [`crate::sys`] calls the safe API
     /// does not cover (e.g. a context created by hand, as the benchmarks do to
     /// compare against the C API). Valid while `self` lives; never free it.

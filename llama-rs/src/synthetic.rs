@@ -17,6 +17,13 @@
 //!
 //! The same parameters always give byte-identical files.
 //!
+//! Besides llama models, the writer makes Qwen3-architecture models
+//! ([`Architecture::Qwen3`]: the llama layout plus per-head Q/K norms), the
+//! one architecture it supports whose loader takes a reranker's classifier
+//! head (`cls.output.weight`, `src/models/qwen3.cpp`):
+//! [`SyntheticModel::classifier`] adds it, with rank pooling as the model's
+//! default. [`SyntheticLora`] writes LoRA adapters for a synthetic model.
+//!
 //! ```no_run
 //! use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
 //! # fn main() -> llama_rs::Result<()> {
@@ -38,6 +45,9 @@ use std::os::raw::c_char;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+mod lora;
+pub use lora::SyntheticLora;
 
 /// Bumped whenever the generator's output changes, so that cached files
 /// written by an older version get a different name.
@@ -401,6 +411,7 @@ enum Role {
     FfnGate,
     FfnUp,
     FfnDown,
+    Classifier,
 }
 
 /// One tensor to write: name, ggml shape (`ne0` = row length) and type.
@@ -414,10 +425,33 @@ struct TensorPlan {
     role: Role,
 }
 
-/// Builder and writer of a synthetic llama GGUF model.
+/// The model architecture a [`SyntheticModel`] is written as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Architecture {
+    /// `llama` (the default).
+    #[default]
+    Llama,
+    /// `qwen3`: llama's tensors plus RMS norms of the queries and keys per
+    /// head (`blk.N.attn_q_norm`, `blk.N.attn_k_norm`); the architecture
+    /// whose loader takes a classifier head ([`SyntheticModel::classifier`]).
+    Qwen3,
+}
+
+impl Architecture {
+    /// `general.architecture`: `llama` or `qwen3`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Builder and writer of a synthetic GGUF model.
 ///
-/// Defaults: SPM vocabulary, F32 weights, seed 42, the vocabulary's default
-/// chat template.
+/// Defaults: llama architecture, SPM vocabulary, F32 weights, seed 42, the
+/// vocabulary's default chat template, no classifier head.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticModel {
     shape: ModelShape,
@@ -426,6 +460,9 @@ pub struct SyntheticModel {
     seed: u64,
     chat_template: Option<String>,
     default_template: bool,
+    arch: Architecture,
+    classifier: Vec<String>,
+    rerank_template: Option<String>,
 }
 
 impl SyntheticModel {
@@ -438,7 +475,54 @@ impl SyntheticModel {
             seed: 42,
             chat_template: None,
             default_template: true,
+            arch: Architecture::Llama,
+            classifier: Vec::new(),
+            rerank_template: None,
         }
+    }
+
+    /// Chooses the architecture (default [`Architecture::Llama`]).
+    pub fn architecture(mut self, arch: Architecture) -> SyntheticModel {
+        self.arch = arch;
+        self
+    }
+
+    /// Adds a reranker's classifier head, one output per label: the tensor
+    /// `cls.output.weight` (`n_embd` x `labels.len()`, random like the other
+    /// weights), `<arch>.classifier.output_labels` and `<arch>.pooling_type` =
+    /// rank, as llama.cpp's converter writes Qwen3 rerankers (labels `yes`,
+    /// `no`; llama.cpp applies a softmax over the outputs for this
+    /// architecture). Needs [`Architecture::Qwen3`]: llama.cpp's llama loader
+    /// takes no classifier (and refuses a file with tensors it does not load).
+    pub fn classifier(mut self, labels: &[&str]) -> SyntheticModel {
+        self.classifier = labels.iter().map(|l| l.to_string()).collect();
+        self
+    }
+
+    /// Writes `tokenizer.chat_template.rerank`, the template llama.cpp's
+    /// server (and [`Embedder::rerank`](crate::Embedder::rerank)) fills with
+    /// `{query}` and `{document}`.
+    pub fn rerank_template(mut self, template: &str) -> SyntheticModel {
+        self.rerank_template = Some(template.to_string());
+        self
+    }
+
+    /// The values the writer generates for tensor `name` (before conversion
+    /// to the weight type: with [`WeightType::F32`] exactly the file's), in
+    /// ggml order (`ne0` values per row); `None` for a name the model does not
+    /// have. For tests that compute a model's output independently.
+    pub fn tensor_values(&self, name: &str) -> Option<Vec<f32>> {
+        let plan = self.plan();
+        let index = plan.iter().position(|t| t.name == name)?;
+        let t = &plan[index];
+        let rows = if t.two_d { t.ne1 as usize } else { 1 };
+        Some(generate_rows(t, tensor_seed(self.seed, index as u64), 0, rows))
+    }
+
+    /// The shape (`ne0`, `ne1`) of tensor `name`, `None` for a name the
+    /// model does not have.
+    pub fn tensor_shape(&self, name: &str) -> Option<(u32, u32)> {
+        self.plan().into_iter().find(|t| t.name == name).map(|t| (t.ne0, if t.two_d { t.ne1 } else { 1 }))
     }
 
     /// Chooses the tokenizer flavour.
@@ -488,6 +572,19 @@ impl SyntheticModel {
         if let Some(t) = self.effective_chat_template() {
             cstring("chat template", t)?;
         }
+        if let Some(t) = &self.rerank_template {
+            cstring("rerank template", t)?;
+        }
+        if !self.classifier.is_empty() && self.arch != Architecture::Qwen3 {
+            return Err(Error::invalid(
+                "classifier",
+                format!("{:?}", self.classifier),
+                format!("llama.cpp loads no classifier head for {}: use Architecture::Qwen3", self.arch.name()),
+            ));
+        }
+        for label in &self.classifier {
+            cstring("classifier label", label)?;
+        }
         Ok(())
     }
 
@@ -495,7 +592,7 @@ impl SyntheticModel {
     /// `llama-<shape>-<vocab>-<type>-s<seed>-<hash>.gguf`, the hash covering
     /// every parameter and the generator version.
     pub fn file_name(&self) -> String {
-        let key = format!(
+        let mut key = format!(
             "v{GENERATOR_VERSION}|{:?}|{:?}|{:?}|{}|{:?}",
             self.shape,
             self.vocab,
@@ -503,8 +600,14 @@ impl SyntheticModel {
             self.seed,
             self.effective_chat_template()
         );
+        // Only what differs from a plain llama model, so that the names of
+        // those stay what they were.
+        if self.arch != Architecture::Llama || !self.classifier.is_empty() || self.rerank_template.is_some() {
+            key += &format!("|{:?}|{:?}|{:?}", self.arch, self.classifier, self.rerank_template);
+        }
         format!(
-            "llama-{}-{}-{}-s{}-{:016x}.gguf",
+            "{}-{}-{}-{}-s{}-{:016x}.gguf",
+            self.arch.name(),
             self.shape.label(),
             self.vocab.label(),
             self.weight_type.label(),
@@ -562,6 +665,10 @@ impl SyntheticModel {
             push(format!("blk.{i}.attn_q.weight"), s.n_embd, s.n_embd, Role::AttnQ);
             push(format!("blk.{i}.attn_k.weight"), s.n_embd, s.n_embd_kv(), Role::AttnK);
             push(format!("blk.{i}.attn_v.weight"), s.n_embd, s.n_embd_kv(), Role::AttnV);
+            if self.arch == Architecture::Qwen3 {
+                push(format!("blk.{i}.attn_q_norm.weight"), s.head_dim(), 1, Role::Norm);
+                push(format!("blk.{i}.attn_k_norm.weight"), s.head_dim(), 1, Role::Norm);
+            }
             push(format!("blk.{i}.attn_output.weight"), s.n_embd, s.n_embd, Role::AttnOut);
             push(format!("blk.{i}.ffn_norm.weight"), s.n_embd, 1, Role::Norm);
             push(format!("blk.{i}.ffn_gate.weight"), s.n_embd, s.n_ff, Role::FfnGate);
@@ -570,18 +677,22 @@ impl SyntheticModel {
         }
         push("output_norm.weight".into(), s.n_embd, 1, Role::Norm);
         push("output.weight".into(), s.n_embd, s.n_vocab, Role::Output);
+        if !self.classifier.is_empty() {
+            push("cls.output.weight".into(), s.n_embd, self.classifier.len() as u32, Role::Classifier);
+        }
         plan
     }
 
     /// Builds the GGUF metadata (keys and tensor descriptors) with gguf.h.
     fn metadata(&self, plan: &[TensorPlan]) -> Result<GgufWriter> {
         let s = &self.shape;
+        let a = self.arch.name();
         let mut g = GgufWriter::new()?;
-        g.set_str("general.architecture", "llama")?;
+        g.set_str("general.architecture", a)?;
         g.set_str(
             "general.name",
             &format!(
-                "synthetic llama {} {} {} seed {}",
+                "synthetic {a} {} {} {} seed {}",
                 s.label(),
                 self.vocab.label(),
                 self.weight_type.label(),
@@ -590,16 +701,20 @@ impl SyntheticModel {
         )?;
         g.set_u32("general.file_type", self.weight_type.ftype())?;
         g.set_u32("general.quantization_version", sys::GGML_QNT_VERSION)?;
-        g.set_u32("llama.context_length", s.n_ctx_train)?;
-        g.set_u32("llama.embedding_length", s.n_embd)?;
-        g.set_u32("llama.block_count", s.n_layer)?;
-        g.set_u32("llama.feed_forward_length", s.n_ff)?;
-        g.set_u32("llama.attention.head_count", s.n_head)?;
-        g.set_u32("llama.attention.head_count_kv", s.n_head_kv)?;
-        g.set_f32("llama.rope.freq_base", s.rope_freq_base)?;
-        g.set_f32("llama.attention.layer_norm_rms_epsilon", s.rms_norm_eps)?;
-        g.set_u32("llama.rope.dimension_count", s.head_dim())?;
-        g.set_u32("llama.vocab_size", s.n_vocab)?;
+        g.set_u32(&format!("{a}.context_length"), s.n_ctx_train)?;
+        g.set_u32(&format!("{a}.embedding_length"), s.n_embd)?;
+        g.set_u32(&format!("{a}.block_count"), s.n_layer)?;
+        g.set_u32(&format!("{a}.feed_forward_length"), s.n_ff)?;
+        g.set_u32(&format!("{a}.attention.head_count"), s.n_head)?;
+        g.set_u32(&format!("{a}.attention.head_count_kv"), s.n_head_kv)?;
+        g.set_f32(&format!("{a}.rope.freq_base"), s.rope_freq_base)?;
+        g.set_f32(&format!("{a}.attention.layer_norm_rms_epsilon"), s.rms_norm_eps)?;
+        g.set_u32(&format!("{a}.rope.dimension_count"), s.head_dim())?;
+        g.set_u32(&format!("{a}.vocab_size"), s.n_vocab)?;
+        if !self.classifier.is_empty() {
+            g.set_u32(&format!("{a}.pooling_type"), sys::LLAMA_POOLING_TYPE_RANK as u32)?;
+            g.set_arr_str(&format!("{a}.classifier.output_labels"), &self.classifier)?;
+        }
 
         let vocab = match self.vocab {
             VocabKind::Spm => build_spm(s.n_vocab as usize),
@@ -633,6 +748,9 @@ impl SyntheticModel {
         g.set_bool("tokenizer.ggml.add_eos_token", false)?;
         if let Some(t) = self.effective_chat_template() {
             g.set_str("tokenizer.chat_template", t)?;
+        }
+        if let Some(t) = &self.rerank_template {
+            g.set_str("tokenizer.chat_template.rerank", t)?;
         }
 
         g.add_tensors(plan)?;
@@ -688,7 +806,7 @@ fn write_tensor(
     // SAFETY: pure function of its arguments; the type is one of ours.
     let row_size = unsafe { sys::ggml_row_size(t.ty, ne0 as i64) };
     let rows_per_chunk = (CHUNK_VALUES / ne0).clamp(1, nrows);
-    let tensor_seed = mix64(seed ^ mix64(index.wrapping_add(0x5EED)));
+    let tensor_seed = tensor_seed(seed, index);
     let mut total = 0;
     let mut first = 0;
     while first < nrows {
@@ -714,11 +832,15 @@ fn write_tensor(
     Ok(total)
 }
 
-/// Fills `dst` (whole rows of `row_size` bytes) with rows `first_row..` of
-/// tensor `t`, generated in f32 and converted with ggml_quantize_chunk.
-fn encode_rows(t: &TensorPlan, tensor_seed: u64, first_row: usize, dst: &mut [u8], row_size: usize) {
+/// The generator's seed of the `index`-th tensor of a model seeded `seed`.
+fn tensor_seed(seed: u64, index: u64) -> u64 {
+    mix64(seed ^ mix64(index.wrapping_add(0x5EED)))
+}
+
+/// Rows `first_row..first_row + rows` of tensor `t`, in f32: ones for norms,
+/// uniform noise for the rest.
+fn generate_rows(t: &TensorPlan, tensor_seed: u64, first_row: usize, rows: usize) -> Vec<f32> {
     let ne0 = t.ne0 as usize;
-    let rows = dst.len() / row_size;
     let mut src = vec![0f32; rows * ne0];
     for (r, row) in src.chunks_mut(ne0).enumerate() {
         if t.role == Role::Norm {
@@ -727,6 +849,15 @@ fn encode_rows(t: &TensorPlan, tensor_seed: u64, first_row: usize, dst: &mut [u8
             fill_random(row, mix64(tensor_seed ^ ((first_row + r) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
         }
     }
+    src
+}
+
+/// Fills `dst` (whole rows of `row_size` bytes) with rows `first_row..` of
+/// tensor `t`, generated in f32 and converted with ggml_quantize_chunk.
+fn encode_rows(t: &TensorPlan, tensor_seed: u64, first_row: usize, dst: &mut [u8], row_size: usize) {
+    let ne0 = t.ne0 as usize;
+    let rows = dst.len() / row_size;
+    let src = generate_rows(t, tensor_seed, first_row, rows);
     // SAFETY: `src` holds rows * ne0 f32 and `dst` rows * row_size bytes, with
     // row_size = ggml_row_size(ty, ne0); ne0 is a multiple of the type's block
     // size (checked by ModelShape::validate); start 0; these types need no
@@ -1344,6 +1475,51 @@ pub(crate) mod tests {
         let logits = model.decode_logits(&tokens[..4]);
         assert!(logits.iter().all(|x| x.is_finite()));
         assert!(logits.iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn qwen3_with_a_classifier_loads_and_its_values_are_the_files() {
+        let m = SyntheticModel::new(ModelShape::tiny()).architecture(Architecture::Qwen3).classifier(&["yes", "no"]);
+        assert!(m.file_name().starts_with("qwen3-tiny-spm-f32-s42-"), "{}", m.file_name());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.gguf");
+        m.write(&path).unwrap();
+        crate::validate::validate_model_file(&path).unwrap();
+        let _guard = LLAMA.lock().unwrap_or_else(|e| e.into_inner());
+        let model = RawModel::load(&path);
+        // SAFETY: live model; plain queries.
+        unsafe {
+            assert_eq!(sys::llama_model_n_cls_out(model.0.as_ptr()), 2);
+        }
+        assert!(model.decode_logits(&[1, 5, 6]).iter().all(|x| x.is_finite()));
+        // The F32 file holds exactly the generated values.
+        let g = crate::gguf::Gguf::open(&path).unwrap();
+        let id = (0..g.n_tensors()).find(|&i| g.tensor_extent(i).0 == "cls.output.weight").unwrap();
+        let (_, start, size) = g.tensor_extent(id);
+        let bytes = std::fs::read(&path).unwrap();
+        let from_file: Vec<f32> = bytes[start as usize..(start + size) as usize]
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(m.tensor_values("cls.output.weight").unwrap(), from_file);
+        assert_eq!(m.tensor_shape("cls.output.weight"), Some((64, 2)));
+        assert_eq!(m.tensor_values("no.such.tensor"), None);
+    }
+
+    #[test]
+    fn classifier_and_lora_settings_are_checked() {
+        let llama = SyntheticModel::new(ModelShape::tiny());
+        assert!(matches!(llama.clone().classifier(&["a"]).validate(), Err(Error::InvalidParam { .. })));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("l.gguf");
+        let l = SyntheticLora::new(&llama);
+        assert!(l.clone().target("output.weight", 2).target("output.weight", 1).write(&p).is_err());
+        assert!(l.clone().target("no.such.weight", 2).write(&p).is_err());
+        assert!(l.clone().target("output_norm.weight", 2).write(&p).is_err(), "a vector");
+        assert!(l.clone().target("output.weight", 0).write(&p).is_err());
+        assert!(l.clone().target_values("output.weight", 1, vec![0.0; 3], vec![0.0; 1024]).write(&p).is_err());
+        assert!(l.clone().tensor(&"x".repeat(64), 1, 1, vec![0.0]).write(&p).is_err());
+        l.target("output.weight", 2).write(&p).unwrap();
     }
 
     #[test]

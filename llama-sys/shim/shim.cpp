@@ -146,7 +146,41 @@ int llama_rs_memory_breakdown(const llama_context * ctx, llama_rs_memory_entry *
     });
 }
 
+int llama_rs_adapter_lora_init(llama_model * model, const char * path_lora, llama_adapter_lora ** out) {
+    return guarded([&] { *out = llama_adapter_lora_init(model, path_lora); });
+}
+
 } // extern "C"
+
+extern "C" int llama_rs_model_pooling_info(const llama_model * model, llama_rs_pooling_info * out) {
+    return guarded([&] {
+        const llama_hparams & hp = model->hparams;
+        out->pooling_type   = (int32_t) hp.pooling_type;
+        out->has_classifier = model->cls != nullptr || model->cls_out != nullptr;
+        out->n_cls_out      = hp.n_cls_out;
+        // llama-graph.cpp build_pooling (RANK): cls, then cls.output, each a
+        // matrix product; the extraction then copies n_cls_out values per
+        // sequence out of this width (llama-context.cpp, LLAMA_POOLING_TYPE_RANK).
+        out->rank_width = model->cls_out != nullptr ? model->cls_out->ne[1]
+                        : model->cls     != nullptr ? model->cls->ne[1]
+                        : 0;
+        out->rank_mean = hp.pooling_type_cls == LLAMA_POOLING_TYPE_MEAN;
+    });
+}
+
+extern "C" int llama_rs_model_tensor_info(const llama_model * model, const char * name, bool * found, int64_t * ne,
+                                          int32_t * type) {
+    return guarded([&] {
+        const ggml_tensor * t = model->get_tensor(name);
+        *found = t != nullptr;
+        if (t != nullptr) {
+            for (int i = 0; i < 4; i++) {
+                ne[i] = t->ne[i];
+            }
+            *type = (int32_t) t->type;
+        }
+    });
+}
 
 extern "C" int llama_rs_model_check(const llama_model * model, char * why, size_t cap) {
     int found = 0;

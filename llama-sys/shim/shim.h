@@ -77,6 +77,27 @@ int llama_rs_memory_breakdown(const struct llama_context * ctx, llama_rs_memory_
  * NUL-terminated reason in `why` (at most `cap` bytes); -1 if it threw. */
 int llama_rs_model_check(const struct llama_model * model, char * why, size_t cap);
 
+/* A loaded model's pooling and classifier head, as llama.cpp loaded them. */
+typedef struct llama_rs_pooling_info {
+    int32_t  pooling_type;   /* the model's default (hparams.pooling_type); -1: unspecified */
+    bool     has_classifier; /* a classifier head (cls.weight or cls.output.weight) was loaded */
+    uint32_t n_cls_out;      /* values per sequence rank pooling copies out (hparams.n_cls_out) */
+    int64_t  rank_width;     /* values per sequence the rank-pooling head computes; 0 without a head */
+    bool     rank_mean;      /* rank pooling averages the tokens before the head (classifier.pooling_type mean) */
+} llama_rs_pooling_info;
+
+int llama_rs_model_pooling_info(const struct llama_model * model, llama_rs_pooling_info * out);
+
+/* Shape (ne[0..4]) and ggml type of the model tensor `name`: *found is false
+ * when the model has no such tensor. */
+int llama_rs_model_tensor_info(const struct llama_model * model, const char * name, bool * found,
+                               int64_t * ne, int32_t * type);
+
+/* llama_adapter_lora_init: catches what escapes its own try/catch (the
+ * adapter's allocation). */
+int llama_rs_adapter_lora_init(struct llama_model * model, const char * path_lora,
+                               struct llama_adapter_lora ** out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6366,6 +6366,37 @@ unsafe extern "C" {
 }
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
+pub struct llama_rs_pooling_info {
+    pub pooling_type: i32,
+    pub has_classifier: bool,
+    pub n_cls_out: u32,
+    pub rank_width: i64,
+    pub rank_mean: bool,
+}
+unsafe extern "C" {
+    pub fn llama_rs_model_pooling_info(
+        model: *const llama_model,
+        out: *mut llama_rs_pooling_info,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn llama_rs_model_tensor_info(
+        model: *const llama_model,
+        name: *const ::std::os::raw::c_char,
+        found: *mut bool,
+        ne: *mut i64,
+        type_: *mut i32,
+    ) -> ::std::os::raw::c_int;
+}
+unsafe extern "C" {
+    pub fn llama_rs_adapter_lora_init(
+        model: *mut llama_model,
+        path_lora: *const ::std::os::raw::c_char,
+        out: *mut *mut llama_adapter_lora,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
 pub struct ggml_backend_buffer {
     pub _address: u8,
 }
