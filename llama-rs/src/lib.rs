@@ -30,6 +30,7 @@ mod quantize;
 mod sampler;
 mod state;
 mod template;
+mod tools;
 pub mod synthetic;
 mod validate;
 mod vocab;
@@ -56,6 +57,7 @@ pub use quantize::{quantize, Ftype, QuantizeParams};
 pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
 pub use state::SeqState;
 pub use template::{ChatOptions, ChatTemplate};
+pub use tools::{ParsedReply, Tool, ToolCallFormat};
 pub use vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.

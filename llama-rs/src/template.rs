@@ -178,7 +178,10 @@ impl ChatTemplate {
             .map_err(|e| template_error(&origin, &e))?;
         env.set_syntax(syntax);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| match (value.as_str(), method, args) {
+            (Some(s), "title", []) => Ok(Value::from(py_title(s))),
+            _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
+        });
         env.set_formatter(|out, _state, value| {
             if value.is_undefined() {
                 return Ok(());
@@ -347,6 +350,32 @@ fn generation_blocks_as_plain(source: &str) -> String {
         rest = &tag[end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Python's `str.title()`: a cased character after a cased one is lowered,
+/// any other is title-cased (so `"it's"` becomes `"It'S"` and `"a_b"`
+/// becomes `"A_B"`, unlike the `title` filter).
+fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut previous_cased = false;
+    for c in s.chars() {
+        if previous_cased {
+            out.extend(c.to_lowercase());
+        } else {
+            match c {
+                // The four letters whose title case is neither upper nor lower.
+                '\u{1C4}'..='\u{1C6}' => out.push('\u{1C5}'),
+                '\u{1C7}'..='\u{1C9}' => out.push('\u{1C8}'),
+                '\u{1CA}'..='\u{1CC}' => out.push('\u{1CB}'),
+                '\u{1F1}'..='\u{1F3}' => out.push('\u{1F2}'),
+                'ß' => out.push_str("Ss"),
+                c => out.extend(c.to_uppercase()),
+            }
+        }
+        let titlecase = matches!(c, '\u{1C5}' | '\u{1C8}' | '\u{1CB}' | '\u{1F2}');
+        previous_cased = c.is_lowercase() || c.is_uppercase() || titlecase;
+    }
     out
 }
 
@@ -746,6 +775,11 @@ mod tests {
             out,
             "None|True|[1, 'a', None]|{'k': 1.5}|{\"a\": \"é\\\"\\n\"}|[\n  1,\n  2\n]|{}|1e+20|1e-05"
         );
+    }
+
+    #[test]
+    fn title_is_pythons() {
+        assert_eq!(py_title("what's the weather_report 日本語/中文abc ǆemal straße"), "What'S The Weather_Report 日本語/中文Abc ǅemal Straße");
     }
 
     #[test]
