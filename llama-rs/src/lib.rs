@@ -22,6 +22,7 @@ mod error;
 mod ffi;
 mod generate;
 mod gguf;
+mod guidance;
 mod hparams;
 mod memory;
 mod model;
@@ -46,6 +47,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
+pub use guidance::Structured;
 pub use hparams::supported_architectures;
 pub use memory::{
     all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
