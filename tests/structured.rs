@@ -268,3 +268,54 @@ fn plain_text_passes_a_lazy_tool_grammar_untouched() {
     }
     assert!(want.contains("Paris"), "{want:?}");
 }
+
+#[test]
+fn engine_requests_take_a_schema_or_tools_each() {
+    use llama_rs::{Engine, EngineParams, Request, SamplingParams, ToolChoice};
+    let model = std::sync::Arc::new(
+        Model::load_with(common::real_model_path(), llama_rs::ModelParams::default().n_gpu_layers(Some(0))).unwrap(),
+    );
+    let ctx = ContextParams::default().n_ctx(2048).threads(2);
+    let engine = Engine::new(model, EngineParams::default().n_slots(4).context(ctx)).unwrap();
+    let system = ChatMessage::system("You are a helpful assistant. Answer in JSON.");
+    let all = schemas();
+    let mut handles = Vec::new();
+    for (i, (_, request, schema)) in all.iter().enumerate().take(3) {
+        let sampling = SamplingParams::default().seed(i as u32).json_schema(schema.clone());
+        let r = Request::chat(vec![system.clone(), ChatMessage::user(*request)]).sampling(sampling).max_tokens(256);
+        handles.push(engine.submit(r).unwrap());
+    }
+    // Tools: SmolLM2's template shows no tool format, so one is named.
+    let tools = tools();
+    let with_tools = Request::chat(vec![ChatMessage::user("What is the weather in Rome?")])
+        .sampling(SamplingParams::default().seed(9))
+        .tools(tools.clone())
+        .tool_choice(ToolChoice::Required)
+        .tool_format(ToolCallFormat::Hermes)
+        .max_tokens(200);
+    let tools_handle = engine.submit(with_tools).unwrap();
+    assert_eq!(tools_handle.tool_format(), Some(ToolCallFormat::Hermes));
+    for (handle, (what, _, schema)) in handles.into_iter().zip(&all) {
+        let c = handle.wait().unwrap();
+        assert_eq!(c.finished.stop_reason, StopReason::Eog, "{what}: {:?}", c.text);
+        assert!(c.reply.is_none());
+        let value: Value = serde_json::from_str(&c.text).unwrap_or_else(|e| panic!("{what}: {e}: {:?}", c.text));
+        validates(schema, &value).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    let c = tools_handle.wait().unwrap();
+    let reply = c.reply.expect("a request with tools gets its reply parsed");
+    assert!(!reply.tool_calls.is_empty(), "{:?}", c.text);
+    for call in &reply.tool_calls {
+        let tool = tools.iter().find(|t| t.name == call.name).unwrap();
+        validates(&tool.parameters, &call.arguments).unwrap();
+    }
+    // Without a format to use, tools are an error of submit.
+    let err = engine.submit(Request::chat(vec![ChatMessage::user("hi")]).tools(tools.clone())).unwrap_err();
+    assert!(err.to_string().contains("tool_format"), "{err}");
+    // Tools and a schema of its own: refused.
+    let both = Request::chat(vec![ChatMessage::user("hi")])
+        .sampling(SamplingParams::default().json_schema(json!({"type": "object"})))
+        .tools(tools)
+        .tool_format(ToolCallFormat::Hermes);
+    assert!(matches!(engine.submit(both), Err(Error::InvalidParam { .. })));
+}

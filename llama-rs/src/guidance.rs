@@ -111,9 +111,9 @@ fn tool_call_grammar(model: &Model, format: ToolCallFormat, tools: &[Tool], requ
             match (special("<tool_call>"), required) {
                 (Some(t), false) => g.push_str(&format!("start: TEXT? (<[{}]> call TEXT?)*\nTEXT: /(.|\\n)+/\n", t.0)),
                 (Some(t), true) => g.push_str(&format!("start: (<[{}]> call {ws})+\n", t.0)),
-                (None, false) => g.push_str(
-                    "start: (call_hd call)* TEXT\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT \"<tool_call>\"\n",
-                ),
+                (None, false) => {
+                    g.push_str("start: (call_hd call)* TEXT\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT \"<tool_call>\"\n")
+                }
                 (None, true) => g.push_str(&format!("start: (\"<tool_call>\" call {ws})+\n")),
             }
             g.push_str(&call);
@@ -144,9 +144,7 @@ fn tool_call_grammar(model: &Model, format: ToolCallFormat, tools: &[Tool], requ
             } else if mark.starts_with('<') {
                 g.push_str(&format!("start: TEXT | TEXT? {mark} calls\nTEXT: /(.|\\n)+/\n"));
             } else {
-                g.push_str(&format!(
-                    "start: TEXT | call_hd calls\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT {mark}\n"
-                ));
+                g.push_str(&format!("start: TEXT | call_hd calls\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT {mark}\n"));
             }
             g.push_str(&format!("calls: %json {list}\n"));
         }

@@ -30,9 +30,9 @@ mod modules;
 mod quantize;
 mod sampler;
 mod state;
+pub mod synthetic;
 mod template;
 mod tools;
-pub mod synthetic;
 mod validate;
 mod vocab;
 
@@ -59,7 +59,7 @@ pub use quantize::{quantize, Ftype, QuantizeParams};
 pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
 pub use state::SeqState;
 pub use template::{ChatOptions, ChatTemplate};
-pub use tools::{ParsedReply, Tool, ToolCallFormat};
+pub use tools::{ParsedReply, Tool, ToolCallFormat, ToolChoice};
 pub use vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.

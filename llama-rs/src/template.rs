@@ -83,7 +83,13 @@ impl Default for ChatOptions {
     /// The generation prompt on, no tools, no documents, no extra
     /// variables, the system clock.
     fn default() -> Self {
-        ChatOptions { add_generation_prompt: true, tools: None, documents: None, extra: serde_json::Map::new(), now: None }
+        ChatOptions {
+            add_generation_prompt: true,
+            tools: None,
+            documents: None,
+            extra: serde_json::Map::new(),
+            now: None,
+        }
     }
 }
 
@@ -146,7 +152,8 @@ impl ChatTemplate {
     ///
     /// Errors: the model has no such template, or it does not compile.
     pub fn from_model(model: &Model, name: Option<&str>) -> Result<ChatTemplate> {
-        let key = name.map_or_else(|| "tokenizer.chat_template".to_string(), |n| format!("tokenizer.chat_template.{n}"));
+        let key =
+            name.map_or_else(|| "tokenizer.chat_template".to_string(), |n| format!("tokenizer.chat_template.{n}"));
         let source = model.chat_template(name).ok_or_else(|| Error::ChatTemplate {
             line: None,
             message: format!(
@@ -196,12 +203,15 @@ impl ChatTemplate {
             py_str(&v, &mut s);
             s
         });
-        env.add_function("raise_exception", |message: Option<String>| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("raise_exception: {}", message.unwrap_or_default()),
-            ))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: Option<String>| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("raise_exception: {}", message.unwrap_or_default()),
+                ))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, generation_blocks_as_plain(&source))
             .map_err(|e| template_error(&origin, &e))?;
         Ok(ChatTemplate { env, source, origin, bos_token: String::new(), eos_token: String::new() })
@@ -263,9 +273,9 @@ impl ChatTemplate {
             ctx.into_iter().map(|(k, v)| (k, Value::from(minijinja::value::Serde(v)))).collect();
         value.insert(
             "strftime_now".into(),
-            Value::from_function(move |format: &str| strftime(now, format).map_err(|m| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, m)
-            })),
+            Value::from_function(move |format: &str| {
+                strftime(now, format).map_err(|m| minijinja::Error::new(ErrorKind::InvalidOperation, m))
+            }),
         );
         let ctx = Value::from(value);
         let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_error(&self.origin, &e))?;
@@ -530,9 +540,8 @@ fn tojson(value: Value, args: Rest<Value>, kwargs: Kwargs) -> std::result::Resul
         sort_keys = v.is_true();
     }
     kwargs.assert_all_used()?;
-    let (item_sep, key_sep) = separators.unwrap_or_else(|| {
-        (if indent.is_some() { ",".into() } else { ", ".into() }, ": ".into())
-    });
+    let (item_sep, key_sep) =
+        separators.unwrap_or_else(|| (if indent.is_some() { ",".into() } else { ", ".into() }, ": ".into()));
     let dumper = PyJson { indent, item_sep, key_sep, sort_keys, ensure_ascii };
     let mut out = String::new();
     dumper.dump(&value, 0, &mut out)?;
@@ -662,8 +671,20 @@ impl PyJson {
     }
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// `datetime.now().strftime(format)` for `now` in UTC: the directives of
@@ -771,22 +792,25 @@ mod tests {
         let t = "{{ none }}|{{ true }}|{{ [1, 'a', none] }}|{{ {'k': 1.5} }}|{{ {'a': 'é\"\\n'} | tojson }}|\
                  {{ [1, 2] | tojson(indent=2) }}|{{ {} | tojson }}|{{ 1e20 | tojson }}|{{ 0.00001 | tojson }}";
         let out = render(t, &[]).unwrap();
-        assert_eq!(
-            out,
-            "None|True|[1, 'a', None]|{'k': 1.5}|{\"a\": \"é\\\"\\n\"}|[\n  1,\n  2\n]|{}|1e+20|1e-05"
-        );
+        assert_eq!(out, "None|True|[1, 'a', None]|{'k': 1.5}|{\"a\": \"é\\\"\\n\"}|[\n  1,\n  2\n]|{}|1e+20|1e-05");
     }
 
     #[test]
     fn title_is_pythons() {
-        assert_eq!(py_title("what's the weather_report 日本語/中文abc ǆemal straße"), "What'S The Weather_Report 日本語/中文Abc ǅemal Straße");
+        assert_eq!(
+            py_title("what's the weather_report 日本語/中文abc ǆemal straße"),
+            "What'S The Weather_Report 日本語/中文Abc ǅemal Straße"
+        );
     }
 
     #[test]
     fn strftime_matches_known_dates() {
         // 2026-01-15 12:00:00 UTC, a Thursday.
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_768_478_400);
-        assert_eq!(strftime(t, "%d %b %Y %A %H:%M:%S %j %-d %B").unwrap(), "15 Jan 2026 Thursday 12:00:00 015 15 January");
+        assert_eq!(
+            strftime(t, "%d %b %Y %A %H:%M:%S %j %-d %B").unwrap(),
+            "15 Jan 2026 Thursday 12:00:00 015 15 January"
+        );
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(strftime(leap, "%F %a %y").unwrap(), "2000-02-29 Tue 00");
         assert!(strftime(t, "%Q").unwrap_err().contains("%Q"));

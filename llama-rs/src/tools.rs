@@ -63,6 +63,18 @@ impl Tool {
     }
 }
 
+/// Whether the model may call tools (OpenAI's `tool_choice`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ToolChoice {
+    /// Text or calls, as the model decides.
+    #[default]
+    Auto,
+    /// Calls only: the reply starts with one.
+    Required,
+    /// No calls: the tools are not even shown to the template.
+    None,
+}
+
 /// How a model family writes its tool calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ToolCallFormat {
@@ -130,7 +142,8 @@ impl ToolCallFormat {
 fn call_from_object(v: &Json) -> Option<ToolCall> {
     let obj = v.as_object()?;
     let name = obj.get("name")?.as_str()?.to_string();
-    let arguments = obj.get("arguments").or_else(|| obj.get("parameters")).cloned().unwrap_or(Json::Object(Default::default()));
+    let arguments =
+        obj.get("arguments").or_else(|| obj.get("parameters")).cloned().unwrap_or(Json::Object(Default::default()));
     // Some models write the arguments as a JSON string.
     let arguments = match arguments {
         Json::String(s) => serde_json::from_str(&s).unwrap_or(Json::String(s)),
@@ -244,8 +257,9 @@ mod tests {
 
     #[test]
     fn llama3_calls() {
-        let r = ToolCallFormat::Llama3
-            .parse("<|python_tag|>{\"name\": \"f\", \"parameters\": {\"x\": 1}}; {\"name\": \"g\", \"parameters\": {}}");
+        let r = ToolCallFormat::Llama3.parse(
+            "<|python_tag|>{\"name\": \"f\", \"parameters\": {\"x\": 1}}; {\"name\": \"g\", \"parameters\": {}}",
+        );
         assert_eq!(r.tool_calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["f", "g"]);
         assert_eq!(r.tool_calls[0].arguments, json!({"x": 1}));
         let text = "{not json} but text";
