@@ -159,7 +159,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The `-cnv` loop: one user turn per input line, the model's template, the
 /// KV cache kept between turns.
-fn chat(model: &Model, ctx: &mut Context<'_>, sampler: &mut Sampler<'_>, args: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn chat(
+    model: &Model,
+    ctx: &mut Context<'_>,
+    sampler: &mut Sampler<'_>,
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
     let template = ChatTemplate::from_model(model, None)?;
     let vocab = model.vocab();
     let mut history: Vec<ChatMessage> = args.system.iter().map(ChatMessage::system).collect();
@@ -186,6 +191,7 @@ fn chat(model: &Model, ctx: &mut Context<'_>, sampler: &mut Sampler<'_>, args: &
             }
         };
         let tokens = template.tokenize(vocab, delta, AddSpecial::from(first))?;
+        let cached_tokens = ctx.seq_pos_max(0)?.map_or(0, |p| p + 1);
         sampler.reset()?;
         let params = GenerateParams::default().max_tokens(args.n).add_special(Some(AddSpecial::No));
         let mut reply = String::new();
@@ -197,7 +203,17 @@ fn chat(model: &Model, ctx: &mut Context<'_>, sampler: &mut Sampler<'_>, args: &
             reply.push_str(&piece.text);
         }
         writeln!(out)?;
+        let s = generation.stats().cloned();
         drop(generation);
+        if let Some(s) = s {
+            eprintln!(
+                "[turn: {} new prompt tokens, {cached_tokens} reused from the cache | {} generated, {:.1} t/s | stop: {:?}]",
+                tokens.len(),
+                s.generated_tokens,
+                s.generation_tps,
+                s.stop_reason
+            );
+        }
         history.push(ChatMessage::assistant(reply));
         cached = template.render(&history, &ChatOptions::default().add_generation_prompt(false))?;
     }

@@ -274,6 +274,252 @@ def _():
     ensure(r.choices[0].message.content.strip(), "no answer after the abandoned stream")
 
 
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "color": {"type": "string", "enum": ["red", "green", "blue"]},
+    },
+    "required": ["name", "age", "color"],
+    "additionalProperties": False,
+}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "Local time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"timezone": {"type": "string"}},
+            "required": ["timezone"],
+            "additionalProperties": False,
+        },
+    },
+}
+TOOLS = [WEATHER, CLOCK]
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Paris?"}]
+TYPES = {"object": dict, "string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list}
+
+
+def conforms(value, schema, where="$"):
+    """A tiny JSON-schema check: type, enum, required, properties, additionalProperties false."""
+    kind = schema.get("type")
+    if kind:
+        ok = isinstance(value, TYPES[kind]) and not (kind in ("integer", "number") and isinstance(value, bool))
+        ensure(ok, f"{where}: {value!r} is not of type {kind}")
+    if "enum" in schema:
+        ensure(value in schema["enum"], f"{where}: {value!r} not in {schema['enum']}")
+    if kind == "object":
+        props = schema.get("properties", {})
+        for key in schema.get("required", []):
+            ensure(key in value, f"{where}: required key {key!r} missing in {value}")
+        for key, v in value.items():
+            if key in props:
+                conforms(v, props[key], f"{where}.{key}")
+            else:
+                ensure(schema.get("additionalProperties", True) is not False, f"{where}: extra key {key!r}")
+
+
+def json_format(name, schema):
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": True}}
+
+
+@check("response_format json_schema: chat (whole and streamed) and completions follow the schema")
+def _():
+    messages = [{"role": "user", "content": "Invent a person: name, age and favourite color."}]
+    kw = dict(model=MODEL, messages=messages, temperature=0, max_tokens=100)
+    r = client.chat.completions.create(response_format=json_format("person", PERSON), **kw)
+    c = r.choices[0]
+    ensure(c.finish_reason == "stop", f"finish_reason {c.finish_reason}: {c.message.content!r}")
+    person = json.loads(c.message.content)
+    conforms(person, PERSON)
+    print(f"     person: {person}")
+    text, ids = "", []
+    for chunk in client.chat.completions.create(response_format=json_format("person", PERSON), stream=True, **kw):
+        for ch in chunk.choices:
+            text += ch.delta.content or ""
+            ids += token_ids(ch)
+    # Greedy output can differ between runs of one prompt (a cached prefix
+    # changes the numerics): the shape is checked, not the text.
+    conforms(json.loads(text), PERSON)
+    ensure(ids, "no token ids in the stream")
+    # llama-server's top-level json_schema, and a completion.
+    r = client.chat.completions.create(extra_body={"json_schema": PERSON}, **kw)
+    conforms(json.loads(r.choices[0].message.content), PERSON)
+    r = client.completions.create(
+        model=MODEL,
+        prompt="A person as JSON: ",
+        temperature=0,
+        max_tokens=100,
+        extra_body={"response_format": json_format("person", PERSON)},
+    )
+    conforms(json.loads(r.choices[0].text), PERSON)
+
+
+@check("response_format json_object: the output is a JSON object; text is unconstrained")
+def _():
+    messages = [{"role": "user", "content": "Reply with a JSON object with keys name and color for a cat."}]
+    r = client.chat.completions.create(
+        model=MODEL, messages=messages, temperature=0, max_tokens=120, response_format={"type": "json_object"}
+    )
+    c = r.choices[0]
+    ensure(c.finish_reason == "stop", f"finish_reason {c.finish_reason}: {c.message.content!r}")
+    value = json.loads(c.message.content)
+    ensure(isinstance(value, dict), f"not an object: {value!r}")
+    print(f"     object: {value}")
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=48, response_format={"type": "text"}
+    )
+    ensure(r.choices[0].message.content.strip(), f"no text answer: {r.choices[0]}")
+
+
+@check("response_format errors: a schema with 'not' names it; bad types and combinations are 400s")
+def _():
+    try:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=8,
+            response_format=json_format("x", {"type": "object", "not": {"required": ["a"]}}),
+        )
+        raise CheckError("a schema with 'not' accepted")
+    except openai.BadRequestError as e:
+        ensure(e.status_code == 400 and '"not"' in e.message, f"{e}")
+    bad = [
+        {"response_format": {"type": "xml"}},
+        {"response_format": {"type": "json_schema"}},
+        {"response_format": {"type": "json_object"}, "json_schema": PERSON},
+        {"response_format": {"type": "json_object"}, "grammar": 'root ::= "a"'},
+        {"response_format": {"type": "json_object"}, "tools": [WEATHER]},
+    ]
+    for b in bad:
+        status, body = raw("POST", "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 4, **b})
+        ensure(status == 400 and body["error"]["type"] == "invalid_request_error", f"{b}: {status} {body}")
+    ensure(health()["slots_idle"] == 4, "slots busy after the errors")
+
+
+def calls_ok(calls, tools):
+    """Each call names one of the tools and its arguments follow that tool's schema."""
+    ensure(calls, "no tool calls")
+    by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    for call in calls:
+        ensure(call["type"] == "function" and call["id"], f"call shape: {call}")
+        ensure(call["name"] in by_name, f"call of an unknown tool: {call}")
+        conforms(json.loads(call["arguments"]), by_name[call["name"]], call["name"])
+
+
+@check("tools, tool_choice required: tool_calls in OpenAI's shape, whole and streamed")
+def _():
+    kw = dict(model=MODEL, messages=WEATHER_Q, tools=TOOLS, tool_choice="required", temperature=0, max_tokens=80)
+    r = client.chat.completions.create(**kw)
+    c = r.choices[0]
+    ensure(c.finish_reason == "tool_calls", f"finish_reason {c.finish_reason}: {c.message}")
+    calls = [
+        {"id": t.id, "type": t.type, "name": t.function.name, "arguments": t.function.arguments}
+        for t in c.message.tool_calls or []
+    ]
+    calls_ok(calls, TOOLS)
+    ids = token_ids(c)
+    usage_ok(r.usage, len(ids))
+    state["tool_reply"] = c.message
+    print(f"     calls: {[(x['name'], x['arguments']) for x in calls]}, content {c.message.content!r}")
+    merged, sids, finish, content = {}, [], None, ""
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for ch in chunk.choices:
+            sids += token_ids(ch)
+            finish = ch.finish_reason or finish
+            content += ch.delta.content or ""
+            for d in ch.delta.tool_calls or []:
+                m = merged.setdefault(d.index, {"id": None, "type": None, "name": "", "arguments": ""})
+                m["id"] = d.id or m["id"]
+                m["type"] = d.type or m["type"]
+                m["name"] += (d.function and d.function.name) or ""
+                m["arguments"] += (d.function and d.function.arguments) or ""
+    streamed = [merged[i] for i in sorted(merged)]
+    ensure(sorted(merged) == list(range(len(merged))), f"indexes {sorted(merged)}")
+    calls_ok(streamed, TOOLS)
+    ensure(finish == "tool_calls", f"stream finish_reason {finish}")
+    ensure(sids, "no token ids in the stream")
+    ensure(len({x["id"] for x in streamed}) == len(streamed), f"ids not unique: {streamed}")
+
+
+@check("tools: tool_choice naming a function calls that one; a follow-up with the result gets an answer")
+def _():
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=WEATHER_Q,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+        temperature=0,
+        max_tokens=80,
+    )
+    c = r.choices[0]
+    ensure(c.finish_reason == "tool_calls" and c.message.tool_calls, f"{c}")
+    ensure(all(t.function.name == "get_time" for t in c.message.tool_calls), f"{c.message.tool_calls}")
+    # The turn after: the assistant's call as returned (the first one, to fit
+    # the 256-token share), the tool's result, then an answer in text.
+    reply = state["tool_reply"]
+    call = reply.tool_calls[0]
+    assistant = {
+        "role": "assistant",
+        "content": reply.content,
+        "tool_calls": [{"id": call.id, "type": "function", "function": call.function.model_dump()}],
+    }
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "condition": "sunny"}'}
+    r = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_Q + [assistant, result], tools=[WEATHER], temperature=0, max_tokens=48
+    )
+    c = r.choices[0]
+    ensure(c.message.content and c.message.content.strip(), f"no answer: {c}")
+    ensure(not c.message.tool_calls and c.finish_reason in ("stop", "length"), f"{c}")
+    print(f"     answer: {c.message.content!r}")
+
+
+@check("tools errors: unknown tool_choice function, a tool without a name, bad tool_choice: 400")
+def _():
+    try:
+        client.chat.completions.create(
+            model=MODEL,
+            messages=WEATHER_Q,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "no_such_tool"}},
+            max_tokens=8,
+        )
+        raise CheckError("an unknown tool in tool_choice accepted")
+    except openai.BadRequestError as e:
+        ensure(e.status_code == 400 and "no_such_tool" in e.message, f"{e}")
+    bad = [
+        {"tools": [{"type": "function", "function": {"description": "no name"}}]},
+        {"tools": TOOLS, "tool_choice": "sometimes"},
+        {"tool_choice": "required"},
+        {"tools": [WEATHER, WEATHER]},
+    ]
+    for b in bad:
+        status, body = raw("POST", "/v1/chat/completions", {"messages": WEATHER_Q, "max_tokens": 4, **b})
+        ensure(status == 400 and body["error"]["type"] == "invalid_request_error", f"{b}: {status} {body}")
+    # tool_choice "none": plain text, no calls.
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, tools=TOOLS, tool_choice="none", temperature=0, max_tokens=48
+    )
+    c = r.choices[0]
+    ensure(c.message.content.strip() and not c.message.tool_calls and c.finish_reason != "tool_calls", f"{c}")
+    ensure(health()["slots_idle"] == 4, "slots busy after the errors")
+
+
 @check("errors: malformed JSON, unknown model, prompt too long, bad values")
 def _():
     status, body = raw("POST", "/v1/chat/completions", b'{"messages": [')

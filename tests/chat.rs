@@ -85,7 +85,7 @@ fn model_template_is_used() {
     // The synthetic Llama 3 template writes `bos_token` first, as the real
     // ones do; llama.cpp's built-in format leaves BOS to the tokenizer.
     let bpe = common::tiny_bpe();
-    let bos = ChatTemplate::from_model(&bpe, None).unwrap().bos_text().to_string();
+    let bos = ChatTemplate::from_model(bpe, None).unwrap().bos_text().to_string();
     assert_eq!(bos, "<|begin_of_text|>");
     assert_eq!(
         bpe.apply_chat_template(&conversation(), true).unwrap(),

@@ -125,9 +125,8 @@ const QUESTIONS: [&str; 6] = [
 #[test]
 fn parallel_requests_give_their_solo_tokens_real_model() {
     let model = real();
-    let chat = |i: usize| {
-        Request::chat(vec![ChatMessage::system(SYSTEM), ChatMessage::user(QUESTIONS[i % QUESTIONS.len()])])
-    };
+    let chat =
+        |i: usize| Request::chat(vec![ChatMessage::system(SYSTEM), ChatMessage::user(QUESTIONS[i % QUESTIONS.len()])]);
     let greedy = |i: usize| chat(i).sampling(SamplingParams::greedy()).max_tokens(16).logprobs(2);
     let alone = run_alone(&model, &greedy, 6);
     let together = run_together(&model, &greedy, 6, 4);

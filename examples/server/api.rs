@@ -1,6 +1,6 @@
 //! The HTTP side: routes, handlers, and the server-sent event streams.
 
-use crate::openai::{self, ApiError, ChatBody, CompletionBody, Kind, LogprobsOut, Meta, Usage};
+use crate::openai::{self, ApiError, ChatBody, CompletionBody, Kind, LogprobsOut, Meta, ToolSupport, Usage};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,7 +8,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use llama_rs::{Engine, Error, Event, Request, RequestHandle, Token};
+use llama_rs::{Engine, Error, Event, Request, RequestHandle, Token, ToolCallFormat};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +23,8 @@ pub struct App {
     model_id: String,
     /// Names a request's `model` may use.
     names: Vec<String>,
+    /// The model's tool-call format and what its template reads.
+    tools: ToolSupport,
     started: u64,
     requests: AtomicU64,
     cancelled: AtomicU64,
@@ -33,11 +35,12 @@ fn now() -> u64 {
 }
 
 impl App {
-    pub fn new(engine: Engine, model_id: String, names: Vec<String>) -> App {
+    pub fn new(engine: Engine, model_id: String, names: Vec<String>, tools: ToolSupport) -> App {
         App {
             engine: Arc::new(engine),
             model_id,
             names,
+            tools,
             started: now(),
             requests: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
@@ -114,7 +117,7 @@ async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
 async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let body: ChatBody = openai::parse(&body)?;
     app.check_model(body.common.model.as_deref())?;
-    let (request, logprobs) = body.request()?;
+    let (request, logprobs) = body.request(&app.tools)?;
     run(app, Kind::Chat, request, logprobs, body.common.stream(), body.common.include_usage()).await
 }
 
@@ -242,9 +245,14 @@ async fn whole_response(
         }
     };
     watch.ended = true;
-    let (finish, usage) = ending(last, handle.prompt_tokens().len(), tokens.len())?;
+    let (mut finish, usage) = ending(last, handle.prompt_tokens().len(), tokens.len())?;
+    let reply = handle.tool_format().map(|f| (f.parse(&text), f));
+    if reply.as_ref().is_some_and(|(r, _)| !r.tool_calls.is_empty()) {
+        finish = "tool_calls";
+    }
     log_end(&meta, finish, &usage);
-    Ok(Json(meta.response(text, &tokens, lp.as_ref(), finish, usage)).into_response())
+    let reply = reply.as_ref().map(|(r, f)| (r, *f));
+    Ok(Json(meta.response(text, reply, &tokens, lp.as_ref(), finish, usage)).into_response())
 }
 
 /// A streamed request's state, owned by the event stream: dropping the
@@ -261,6 +269,12 @@ struct Streaming {
     text_len: usize,
     generated: usize,
     watch: Watch,
+    /// For a request that offered tools, its format: the output is then
+    /// held back and sent at the end, split into content and calls.
+    tools: Option<ToolCallFormat>,
+    held: String,
+    held_ids: Vec<i32>,
+    held_logprobs: Option<LogprobsOut>,
 }
 
 impl Streaming {
@@ -268,7 +282,49 @@ impl Streaming {
         self.out.push_back(SseEvent::default().data(v.to_string()));
     }
 
+    /// Sends the held-back output of a request that offered tools: its
+    /// content (with the token ids, unless it is empty and there are calls),
+    /// then its calls in one chunk. Returns the finish reason.
+    fn send_held(&mut self, format: ToolCallFormat, finish: &'static str) -> &'static str {
+        let reply = format.parse(&self.held);
+        let ids = std::mem::take(&mut self.held_ids);
+        let lp = self.held_logprobs.take();
+        let calls = !reply.tool_calls.is_empty();
+        let with_content = !reply.content.is_empty() || !calls;
+        if with_content && (!reply.content.is_empty() || !ids.is_empty()) {
+            let chunk = self.meta.chunk(&reply.content, &ids, lp.as_ref(), None);
+            self.send(chunk);
+        }
+        if !calls {
+            return finish;
+        }
+        let chunk = if with_content {
+            self.meta.tool_calls_chunk(&reply.tool_calls, format, &[], None)
+        } else {
+            self.meta.tool_calls_chunk(&reply.tool_calls, format, &ids, lp.as_ref())
+        };
+        self.send(chunk);
+        "tool_calls"
+    }
+
     fn on_event(&mut self, event: Option<Event>) {
+        if let (Some(Event::Piece(p)), Some(_)) = (&event, self.tools) {
+            if let Some(l) = &p.logprobs {
+                let vocab = self.app.engine.model().vocab();
+                self.held_logprobs.get_or_insert_with(LogprobsOut::default).push(
+                    self.meta.kind,
+                    &vocab,
+                    p.token,
+                    l,
+                    self.text_len,
+                );
+            }
+            self.held.push_str(&p.text);
+            self.held_ids.push(p.token.0);
+            self.text_len += p.text.len();
+            self.generated += 1;
+            return;
+        }
         if let Some(Event::Piece(p)) = &event {
             let chunk = self.meta.piece_chunk(&self.app.engine.model().vocab(), p, self.text_len);
             self.text_len += p.text.len();
@@ -278,7 +334,10 @@ impl Streaming {
         }
         self.watch.ended = true;
         match ending(event, self.handle.prompt_tokens().len(), self.generated) {
-            Ok((finish, usage)) => {
+            Ok((mut finish, usage)) => {
+                if let Some(format) = self.tools {
+                    finish = self.send_held(format, finish);
+                }
                 log_end(&self.meta, finish, &usage);
                 let chunk = self.meta.chunk("", &[], None, Some(finish));
                 self.send(chunk);
@@ -299,8 +358,21 @@ impl Streaming {
 
 fn stream_response(app: Arc<App>, meta: Meta, handle: RequestHandle, include_usage: bool) -> Response {
     let watch = Watch::new(&app, &meta);
-    let mut state =
-        Streaming { app, meta, handle, include_usage, out: VecDeque::new(), text_len: 0, generated: 0, watch };
+    let tools = handle.tool_format();
+    let mut state = Streaming {
+        app,
+        meta,
+        handle,
+        include_usage,
+        out: VecDeque::new(),
+        text_len: 0,
+        generated: 0,
+        watch,
+        tools,
+        held: String::new(),
+        held_ids: Vec::new(),
+        held_logprobs: None,
+    };
     if state.meta.kind == Kind::Chat {
         let chunk = state.meta.role_chunk();
         state.send(chunk);

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example server -- -m model.gguf [--host 127.0.0.1] [--port 8080]
 //!     [-c N] [-np N] [-ngl N] [-sm none|layer|row|tensor] [-ts 3,1] [-mg I] [-a NAME] [-t N] [-b N]
+//!     [--tool-format hermes|llama3|mistral]
 //! ```
 //!
 //! Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (with
@@ -15,11 +16,16 @@
 //! (`stop_token_ids`) besides strings, and a completion's prompt may be token
 //! ids. Log-probabilities come in OpenAI's shapes (`logprobs` +
 //! `top_logprobs` for chat, `logprobs: n` for completions).
+//!
+//! Structured output (`response_format` json_object / json_schema, or
+//! llama-server's `json_schema`) and tool calls (`tools`, `tool_choice`) in
+//! OpenAI's shapes; the tool-call format is the chat template's, or
+//! `--tool-format` for a template that shows none.
 
 mod api;
 mod openai;
 
-use llama_rs::{ContextParams, Engine, EngineParams, Model, ModelParams, SplitMode};
+use llama_rs::{ChatTemplate, ContextParams, Engine, EngineParams, Model, ModelParams, SplitMode, ToolCallFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,6 +44,8 @@ const USAGE: &str = "usage: server -m PATH [options]
   -sm, --split-mode MODE     none|layer|row|tensor (default layer)
   -ts, --tensor-split 3,1    share of the model per GPU
   -mg, --main-gpu I          GPU for split mode none (default 0)
+       --tool-format FORMAT  hermes|llama3|mistral: how the model writes tool calls
+                             (default: from its chat template; needed for tools when it shows none)
   -h,  --help                this text
 
 Logs go to stderr (RUST_LOG, default `warn,server=info`). Once bound, prints
@@ -56,6 +64,17 @@ struct Args {
     split_mode: SplitMode,
     tensor_split: Vec<f32>,
     main_gpu: usize,
+    tool_format: Option<ToolCallFormat>,
+}
+
+/// `--tool-format`'s value.
+fn parse_tool_format(s: &str) -> Result<ToolCallFormat, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "hermes" => Ok(ToolCallFormat::Hermes),
+        "llama3" | "llama-3" => Ok(ToolCallFormat::Llama3),
+        "mistral" => Ok(ToolCallFormat::Mistral),
+        _ => Err("expected hermes, llama3 or mistral".into()),
+    }
 }
 
 /// `Err(None)`: help asked for; `Err(Some(message))`: a usage error.
@@ -74,6 +93,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
         split_mode: SplitMode::Layer,
         tensor_split: Vec::new(),
         main_gpu: 0,
+        tool_format: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -109,6 +129,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
             "--tensor-split",
             "-mg",
             "--main-gpu",
+            "--tool-format",
         ];
         if !known.contains(&flag.as_str()) {
             return Err(Some(format!("unknown argument {flag}")));
@@ -149,6 +170,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
                     .map_err(|e| bad(&e))?
             }
             "-mg" | "--main-gpu" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
+            "--tool-format" => a.tool_format = Some(parse_tool_format(&value).map_err(|e| bad(&e))?),
             _ => unreachable!("every known flag is matched"),
         }
     }
@@ -219,7 +241,19 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         engine.n_ctx_per_request(),
         engine.n_ctx()
     );
-    let app = Arc::new(api::App::new(engine, model_id, names));
+    // Tool calls: the template's format unless --tool-format says otherwise.
+    let template = engine.model().chat_template(None);
+    let detected = ChatTemplate::from_model(engine.model(), None).ok().as_ref().and_then(ToolCallFormat::detect);
+    let tool_format = args.tool_format.or(detected);
+    match (args.tool_format, detected) {
+        (Some(f), _) => tracing::info!("tool calls: {f:?} (--tool-format; the template shows {detected:?})"),
+        (None, Some(f)) => tracing::info!("tool calls: {f:?} (from the chat template)"),
+        (None, None) => {
+            tracing::info!("tool calls: the chat template shows no format; requests with tools need --tool-format")
+        }
+    }
+    let tools = openai::ToolSupport::new(template.as_deref(), tool_format);
+    let app = Arc::new(api::App::new(engine, model_id, names, tools));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -286,5 +320,9 @@ mod tests {
         assert!(matches!(parse(&["-m"]), Err(Some(_))));
         assert!(matches!(parse(&[]), Err(Some(_))));
         assert!(matches!(parse(&["-h"]), Err(None)));
+        assert_eq!(parse(&["-m", "x"]).unwrap().tool_format, None);
+        assert_eq!(parse(&["-m", "x", "--tool-format", "hermes"]).unwrap().tool_format, Some(ToolCallFormat::Hermes));
+        assert_eq!(parse(&["-m", "x", "--tool-format=Mistral"]).unwrap().tool_format, Some(ToolCallFormat::Mistral));
+        assert!(matches!(parse(&["-m", "x", "--tool-format", "xml"]), Err(Some(_))));
     }
 }

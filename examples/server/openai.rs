@@ -3,10 +3,14 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use llama_rs::{ChatMessage, Logprobs, Request, SamplingParams, StopReason, StreamPiece, Token, Vocab};
+use llama_rs::{
+    ChatMessage, Logprobs, ParsedReply, Request, SamplingParams, StopReason, StreamPiece, Structured, Token, Tool,
+    ToolCall, ToolCallFormat, ToolChoice, Vocab,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Most alternatives a request may ask log-probabilities of (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -94,6 +98,10 @@ pub struct Common {
     pub grammar: Option<String>,
     /// llama-server's: keep going through end-of-generation tokens.
     pub ignore_eos: Option<bool>,
+    /// OpenAI's `{"type": "text" | "json_object" | "json_schema", ...}`.
+    pub response_format: Option<Value>,
+    /// llama-server's: a JSON schema the output must follow.
+    pub json_schema: Option<Value>,
 }
 
 impl Common {
@@ -103,6 +111,58 @@ impl Common {
 
     pub fn include_usage(&self) -> bool {
         self.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false)
+    }
+
+    /// The structured output asked for: `response_format` (`text`: none;
+    /// `json_object`: any JSON object, or llama-server's `schema` in it;
+    /// `json_schema`: `json_schema.schema`) or llama-server's top-level
+    /// `json_schema`.
+    pub fn structured(&self) -> Result<Option<Structured>, ApiError> {
+        fn schema(v: &Value, field: &str) -> Result<Structured, ApiError> {
+            match v {
+                Value::Object(_) | Value::Bool(_) => Ok(Structured::JsonSchema(v.clone())),
+                _ => Err(ApiError::invalid(format!("{field}: a JSON schema is an object, not {v}"))),
+            }
+        }
+        let from_format = match &self.response_format {
+            None | Some(Value::Null) => None,
+            Some(rf) => match rf.get("type").and_then(Value::as_str) {
+                Some("text") => None,
+                Some("json_object") => Some(match rf.get("schema") {
+                    Some(s) => schema(s, "response_format.schema")?,
+                    None => Structured::json_object(),
+                }),
+                Some("json_schema") => {
+                    let js = rf.get("json_schema").filter(|v| v.is_object()).ok_or_else(|| {
+                        ApiError::invalid(
+                            "response_format: type \"json_schema\" needs \"json_schema\": {\"name\", \"schema\"}",
+                        )
+                    })?;
+                    match js.get("schema") {
+                        Some(s) => Some(schema(s, "response_format.json_schema.schema")?),
+                        // OpenAI's schema is optional: then any JSON.
+                        None => Some(Structured::JsonSchema(json!({}))),
+                    }
+                }
+                Some(other) => {
+                    return Err(ApiError::invalid(format!(
+                        "response_format: type '{other}' is not supported (text, json_object or json_schema)"
+                    )))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        "response_format: needs a \"type\": \"text\", \"json_object\" or \"json_schema\"",
+                    ))
+                }
+            },
+        };
+        match (from_format, &self.json_schema) {
+            (s, None | Some(Value::Null)) => Ok(s),
+            (None, Some(js)) => Ok(Some(schema(js, "json_schema")?)),
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid("response_format and json_schema both given: give one structured output"))
+            }
+        }
     }
 
     /// Applies the sampling settings, limits and stops to `r`.
@@ -140,6 +200,14 @@ impl Common {
         }
         if let Some(g) = &self.grammar {
             s = s.grammar(g.clone());
+        }
+        if let Some(structured) = self.structured()? {
+            if self.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "grammar and response_format (or json_schema) both given: give one constraint",
+                ));
+            }
+            s = s.structured(structured);
         }
         if let Some(biases) = &self.logit_bias {
             let mut list = Vec::with_capacity(biases.len());
@@ -203,6 +271,111 @@ pub struct ContentPart {
 pub struct Message {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant's calls.
+    pub tool_calls: Option<Vec<MessageToolCall>>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    /// The tool's name (`tool` messages), or a participant's.
+    pub name: Option<String>,
+}
+
+/// A call in an assistant message: `{"id", "type": "function", "function": {"name", "arguments"}}`.
+#[derive(Deserialize)]
+pub struct MessageToolCall {
+    pub id: Option<String>,
+    pub function: FunctionCall,
+}
+
+#[derive(Deserialize)]
+pub struct FunctionCall {
+    pub name: String,
+    /// A JSON string (OpenAI's), or already a JSON value.
+    pub arguments: Option<Value>,
+}
+
+impl MessageToolCall {
+    /// The call for the template: arguments as a JSON value where the string
+    /// parses, else the string as it is.
+    fn to_call(&self) -> ToolCall {
+        let arguments = match &self.function.arguments {
+            None | Some(Value::Null) => json!({}),
+            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.clone())),
+            Some(v) => v.clone(),
+        };
+        ToolCall { id: self.id.clone(), name: self.function.name.clone(), arguments }
+    }
+}
+
+/// What the server knows of the model's tool calls (from its chat template
+/// and `--tool-format`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ToolSupport {
+    /// How the model writes calls: the template's, or `--tool-format`.
+    pub format: Option<ToolCallFormat>,
+    /// The template reads `tools`; else they are described in the system
+    /// message.
+    pub template_tools: bool,
+    /// The template reads messages' `tool_calls`; else an assistant's calls
+    /// are written into its content, in the model's format.
+    pub template_tool_calls: bool,
+}
+
+impl ToolSupport {
+    /// From the model's template source (`None`: the model has none).
+    pub fn new(template: Option<&str>, format: Option<ToolCallFormat>) -> ToolSupport {
+        let src = template.unwrap_or_default();
+        ToolSupport { format, template_tools: src.contains("tools"), template_tool_calls: src.contains("tool_calls") }
+    }
+}
+
+/// An argument object as JSON text.
+fn arguments_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// `calls` as the model writes them in `format` (Hermes' shape without one):
+/// for templates that do not read `tool_calls`.
+fn calls_text(format: Option<ToolCallFormat>, calls: &[ToolCall]) -> String {
+    let name = |c: &ToolCall| Value::String(c.name.clone()).to_string();
+    match format {
+        Some(ToolCallFormat::Llama3) => calls
+            .iter()
+            .map(|c| format!("{{\"name\": {}, \"parameters\": {}}}", name(c), c.arguments))
+            .collect::<Vec<_>>()
+            .join("; "),
+        Some(ToolCallFormat::Mistral) => {
+            let list: Vec<String> = calls
+                .iter()
+                .map(|c| {
+                    let id = c.id.as_ref().map_or_else(String::new, |id| format!(", \"id\": {}", json!(id)));
+                    format!("{{\"name\": {}, \"arguments\": {}{id}}}", name(c), c.arguments)
+                })
+                .collect();
+            format!("[TOOL_CALLS][{}]", list.join(", "))
+        }
+        Some(ToolCallFormat::Hermes) | None => calls
+            .iter()
+            .map(|c| format!("<tool_call>\n{{\"name\": {}, \"arguments\": {}}}\n</tool_call>", name(c), c.arguments))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
+}
+
+/// The tools and how to call them, for a system message (templates that do
+/// not read `tools`).
+fn tools_text(format: ToolCallFormat, tools: &[Tool]) -> String {
+    let list: Vec<String> = tools.iter().map(|t| t.to_json().to_string()).collect();
+    let how = match format {
+        ToolCallFormat::Hermes => {
+            "<tool_call>\n{\"name\": <tool name>, \"arguments\": <arguments object>}\n</tool_call>"
+        }
+        ToolCallFormat::Llama3 => "{\"name\": <tool name>, \"parameters\": <arguments object>}",
+        ToolCallFormat::Mistral => "[TOOL_CALLS][{\"name\": <tool name>, \"arguments\": <arguments object>}]",
+    };
+    format!("You can call these tools:\n<tools>\n{}\n</tools>\nTo call a tool, reply with:\n{how}", list.join("\n"))
 }
 
 /// `POST /v1/chat/completions`.
@@ -213,16 +386,102 @@ pub struct ChatBody {
     pub messages: Vec<Message>,
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<usize>,
+    /// `[{"type": "function", "function": {"name", "description", "parameters"}}]`.
+    pub tools: Option<Vec<Value>>,
+    /// `"auto"`, `"none"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+    pub tool_choice: Option<Value>,
 }
 
 impl ChatBody {
+    /// The tools offered and the choice: a named function offers that tool
+    /// alone, required.
+    fn tools(&self) -> Result<(Vec<Tool>, ToolChoice), ApiError> {
+        let mut tools: Vec<Tool> = Vec::new();
+        for (i, t) in self.tools.iter().flatten().enumerate() {
+            match t.get("type") {
+                None => {}
+                Some(Value::String(k)) if k == "function" => {}
+                Some(k) => {
+                    return Err(ApiError::invalid(format!(
+                        "tools[{i}]: type {k} is not supported (only \"function\" tools)"
+                    )))
+                }
+            }
+            let tool = match Tool::from_json(t) {
+                Ok(tool) if !tool.name.is_empty() => tool,
+                _ => {
+                    return Err(ApiError::invalid(format!(
+                        "tools[{i}]: a tool needs a name: {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                    )))
+                }
+            };
+            if tools.iter().any(|t| t.name == tool.name) {
+                return Err(ApiError::invalid(format!("tools[{i}]: the name '{}' is given twice", tool.name)));
+            }
+            tools.push(tool);
+        }
+        let names = || tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ");
+        let choice = match &self.tool_choice {
+            None | Some(Value::Null) => ToolChoice::Auto,
+            Some(Value::String(s)) => match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "none" => ToolChoice::None,
+                "required" => ToolChoice::Required,
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "tool_choice '{other}' is not supported: \"auto\", \"none\", \"required\" or \
+                         {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                    )))
+                }
+            },
+            Some(v) => {
+                let name = v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "tool_choice {v}: an object names a function: \
+                         {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                    ))
+                })?;
+                let Some(tool) = tools.iter().find(|t| t.name == name).cloned() else {
+                    return Err(ApiError::invalid(format!(
+                        "tool_choice names the function '{name}', which is not among the tools ({})",
+                        if tools.is_empty() { "none given".to_string() } else { names() }
+                    )));
+                };
+                tools = vec![tool];
+                ToolChoice::Required
+            }
+        };
+        if tools.is_empty() && choice == ToolChoice::Required {
+            return Err(ApiError::invalid("tool_choice \"required\" needs tools"));
+        }
+        Ok((tools, choice))
+    }
+
     /// The engine request and the number of alternatives to report
     /// log-probabilities of (`None`: no log-probabilities).
-    pub fn request(&self) -> Result<(Request, Option<usize>), ApiError> {
+    pub fn request(&self, support: &ToolSupport) -> Result<(Request, Option<usize>), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages: at least one message is needed"));
         }
-        let mut messages = Vec::with_capacity(self.messages.len());
+        let (tools, choice) = self.tools()?;
+        let tools_on = !tools.is_empty() && choice != ToolChoice::None;
+        let format = if tools_on {
+            if self.common.structured()?.is_some() || self.common.grammar.is_some() {
+                return Err(ApiError::invalid(
+                    "tools cannot be combined with response_format json_object/json_schema, json_schema or grammar: \
+                     the tool calls have their own grammar",
+                ));
+            }
+            Some(support.format.ok_or_else(|| {
+                ApiError::invalid(
+                    "tools: the model's chat template shows no known tool-call format; start the server with \
+                     --tool-format hermes|llama3|mistral",
+                )
+            })?)
+        } else {
+            None
+        };
+        let mut messages = Vec::with_capacity(self.messages.len() + 1);
         for (i, m) in self.messages.iter().enumerate() {
             let content = match &m.content {
                 None => String::new(),
@@ -242,13 +501,39 @@ impl ChatBody {
                     text
                 }
             };
-            messages.push(ChatMessage::new(m.role.clone(), content));
+            let mut message = ChatMessage::new(m.role.clone(), content);
+            message.tool_calls = m.tool_calls.iter().flatten().map(MessageToolCall::to_call).collect();
+            message.tool_call_id = m.tool_call_id.clone();
+            message.name = m.name.clone();
+            if !message.tool_calls.is_empty() && !support.template_tool_calls {
+                // The template shows only content: the calls go there, as the
+                // model writes them.
+                let calls = calls_text(format.or(support.format), &message.tool_calls);
+                if !message.content.is_empty() {
+                    message.content.push('\n');
+                }
+                message.content.push_str(&calls);
+            }
+            messages.push(message);
+        }
+        if let (Some(format), false) = (format, support.template_tools) {
+            let text = tools_text(format, &tools);
+            match messages.first_mut() {
+                Some(m) if m.role == "system" => {
+                    m.content.push_str("\n\n");
+                    m.content.push_str(&text);
+                }
+                _ => messages.insert(0, ChatMessage::system(text)),
+            }
         }
         let logprobs = match (self.logprobs, self.top_logprobs) {
             (Some(true), n) => Some(n.unwrap_or(0)),
             _ => None,
         };
         let mut r = self.common.apply(Request::chat(messages))?;
+        if let Some(format) = format {
+            r = r.tools(tools).tool_choice(choice).tool_format(format);
+        }
         if let Some(n) = logprobs {
             if n > MAX_TOP_LOGPROBS {
                 return Err(ApiError::invalid(format!("top_logprobs = {n}: at most {MAX_TOP_LOGPROBS}")));
@@ -309,6 +594,52 @@ impl CompletionBody {
         }
         Ok((r, self.logprobs))
     }
+}
+
+/// A fresh tool-call id: `call_` and 16 random letters and digits; for
+/// Mistral, whose templates want exactly that, 9 letters and digits.
+pub fn new_call_id(format: ToolCallFormat) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    const ALNUM: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let n = if format == ToolCallFormat::Mistral { 9 } else { 16 };
+    let mut out = String::with_capacity(n + 5);
+    if format != ToolCallFormat::Mistral {
+        out.push_str("call_");
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    let mut x = h.finish();
+    for i in 0..n {
+        if i == 8 {
+            // 8 characters use 48 of the 64 bits: draw again.
+            h.write_u64(x);
+            x = h.finish();
+        }
+        out.push(ALNUM[(x % ALNUM.len() as u64) as usize] as char);
+        x /= ALNUM.len() as u64;
+    }
+    out
+}
+
+/// A reply's calls in OpenAI's shape (`index` for stream deltas): the id
+/// the model wrote, else a fresh one; arguments as a JSON string.
+pub fn tool_calls_json(calls: &[ToolCall], format: ToolCallFormat, indexed: bool) -> Vec<Value> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut v = json!({
+                "id": c.id.clone().unwrap_or_else(|| new_call_id(format)),
+                "type": "function",
+                "function": {"name": c.name, "arguments": arguments_text(&c.arguments)},
+            });
+            if indexed {
+                v["index"] = json!(i);
+            }
+            v
+        })
+        .collect()
 }
 
 /// Which endpoint a response is for.
@@ -435,10 +766,12 @@ impl Meta {
         })
     }
 
-    /// A whole (non-streamed) response.
+    /// A whole (non-streamed) response; `reply`, for a chat request that
+    /// offered tools, is the text split into content and calls.
     pub fn response(
         &self,
         text: String,
+        reply: Option<(&ParsedReply, ToolCallFormat)>,
         token_ids: &[Token],
         logprobs: Option<&LogprobsOut>,
         finish: &str,
@@ -447,13 +780,24 @@ impl Meta {
         let ids: Vec<i32> = token_ids.iter().map(|t| t.0).collect();
         let lp = logprobs.map_or(Value::Null, |l| l.to_json(self.kind));
         let choice = match self.kind {
-            Kind::Chat => json!({
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": lp,
-                "finish_reason": finish,
-                "token_ids": ids,
-            }),
+            Kind::Chat => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if let Some((reply, format)) = reply {
+                    let calls = !reply.tool_calls.is_empty();
+                    message["content"] =
+                        if calls && reply.content.is_empty() { Value::Null } else { json!(reply.content) };
+                    if calls {
+                        message["tool_calls"] = json!(tool_calls_json(&reply.tool_calls, format, false));
+                    }
+                }
+                json!({
+                    "index": 0,
+                    "message": message,
+                    "logprobs": lp,
+                    "finish_reason": finish,
+                    "token_ids": ids,
+                })
+            }
             Kind::Completion => json!({
                 "index": 0,
                 "text": text,
@@ -479,6 +823,24 @@ impl Meta {
                 json!({"index": 0, "text": text, "logprobs": lp, "finish_reason": finish, "token_ids": token_ids})
             }
         };
+        self.envelope(true, vec![choice])
+    }
+
+    /// A chat chunk with the calls of a buffered reply (`delta.tool_calls`).
+    pub fn tool_calls_chunk(
+        &self,
+        calls: &[ToolCall],
+        format: ToolCallFormat,
+        token_ids: &[i32],
+        logprobs: Option<&LogprobsOut>,
+    ) -> Value {
+        let choice = json!({
+            "index": 0,
+            "delta": {"tool_calls": tool_calls_json(calls, format, true)},
+            "logprobs": logprobs.map_or(Value::Null, |l| l.to_json(self.kind)),
+            "finish_reason": null,
+            "token_ids": token_ids,
+        });
         self.envelope(true, vec![choice])
     }
 
@@ -509,5 +871,119 @@ impl Meta {
             out
         });
         self.chunk(&piece.text, &[piece.token.0], lp.as_ref(), None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> ChatBody {
+        serde_json::from_value(body).unwrap()
+    }
+
+    const USER: &str = "hi";
+
+    #[test]
+    fn response_format() {
+        let common = |v: Value| chat(json!({"messages": [{"role": "user", "content": USER}], "response_format": v}));
+        assert_eq!(common(json!({"type": "text"})).common.structured().unwrap(), None);
+        assert_eq!(
+            common(json!({"type": "json_object"})).common.structured().unwrap(),
+            Some(Structured::json_object())
+        );
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        let js = common(json!({"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": true}}));
+        assert_eq!(js.common.structured().unwrap(), Some(Structured::JsonSchema(schema.clone())));
+        for bad in [
+            json!({"type": "xml"}),
+            json!({}),
+            json!({"type": "json_schema"}),
+            json!({"type": "json_object", "schema": 3}),
+        ] {
+            assert_eq!(common(bad).common.structured().unwrap_err().status, StatusCode::BAD_REQUEST);
+        }
+        let top = chat(json!({"messages": [], "json_schema": schema}));
+        assert_eq!(top.common.structured().unwrap(), Some(Structured::JsonSchema(schema)));
+    }
+
+    #[test]
+    fn tools_need_a_format() {
+        let body = chat(json!({
+            "messages": [{"role": "user", "content": USER}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        }));
+        let e = body.request(&ToolSupport::default()).unwrap_err();
+        assert!(e.message.contains("--tool-format"), "{}", e.message);
+        let support = ToolSupport { format: Some(ToolCallFormat::Hermes), ..Default::default() };
+        assert!(body.request(&support).is_ok());
+        // tool_choice "none": the tools are not used, no format needed.
+        let none = chat(json!({
+            "messages": [{"role": "user", "content": USER}],
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "none",
+        }));
+        assert!(none.request(&ToolSupport::default()).is_ok());
+    }
+
+    #[test]
+    fn tool_choice() {
+        let body = |choice: Value| {
+            chat(json!({
+                "messages": [{"role": "user", "content": USER}],
+                "tools": [
+                    {"type": "function", "function": {"name": "f"}},
+                    {"type": "function", "function": {"name": "g"}},
+                ],
+                "tool_choice": choice,
+            }))
+        };
+        let (tools, choice) = body(json!({"type": "function", "function": {"name": "g"}})).tools().unwrap();
+        assert_eq!((tools.len(), tools[0].name.as_str(), choice), (1, "g", ToolChoice::Required));
+        assert_eq!(body(json!("required")).tools().unwrap().1, ToolChoice::Required);
+        assert_eq!(body(json!("none")).tools().unwrap().1, ToolChoice::None);
+        let e = body(json!({"type": "function", "function": {"name": "h"}})).tools().unwrap_err();
+        assert!(e.message.contains("'h'") && e.message.contains("f, g"), "{}", e.message);
+        assert!(body(json!("maybe")).tools().is_err());
+        let nameless = chat(json!({"messages": [], "tools": [{"type": "function", "function": {"description": "d"}}]}));
+        assert!(nameless.tools().unwrap_err().message.contains("needs a name"));
+    }
+
+    #[test]
+    fn incoming_tool_calls() {
+        let m: Message = serde_json::from_value(json!({
+            "role": "assistant",
+            "content": null,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "not json"}},
+            ],
+        }))
+        .unwrap();
+        let calls: Vec<ToolCall> = m.tool_calls.iter().flatten().map(MessageToolCall::to_call).collect();
+        assert_eq!(calls[0], ToolCall::new("f", json!({"x": 1})).with_id("call_1"));
+        assert_eq!(calls[1].arguments, json!("not json"));
+        assert_eq!(
+            calls_text(Some(ToolCallFormat::Hermes), &calls[..1]),
+            "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\":1}}\n</tool_call>"
+        );
+        // Parsed back as the model's own output would be.
+        assert_eq!(
+            ToolCallFormat::Llama3.parse(&calls_text(Some(ToolCallFormat::Llama3), &calls[..1])).tool_calls[0].name,
+            "f"
+        );
+        assert_eq!(
+            ToolCallFormat::Mistral.parse(&calls_text(Some(ToolCallFormat::Mistral), &calls[..1])).tool_calls[0].name,
+            "f"
+        );
+    }
+
+    #[test]
+    fn call_ids() {
+        let a = new_call_id(ToolCallFormat::Hermes);
+        assert!(a.starts_with("call_") && a.len() == 21 && a[5..].chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
+        assert_ne!(a, new_call_id(ToolCallFormat::Hermes));
+        let m = new_call_id(ToolCallFormat::Mistral);
+        assert!(m.len() == 9 && m.chars().all(|c| c.is_ascii_alphanumeric()), "{m}");
     }
 }

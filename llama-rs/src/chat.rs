@@ -64,10 +64,7 @@ impl ToolCall {
             call.insert("id".into(), id.clone().into());
         }
         call.insert("type".into(), "function".into());
-        call.insert(
-            "function".into(),
-            serde_json::json!({ "name": self.name, "arguments": self.arguments }),
-        );
+        call.insert("function".into(), serde_json::json!({ "name": self.name, "arguments": self.arguments }));
         serde_json::Value::Object(call)
     }
 }

@@ -114,6 +114,12 @@ pub enum Error {
     #[error("chat template: {message}")]
     ChatTemplate { line: Option<usize>, message: String },
 
+    /// A structured-output grammar (JSON schema, Lark grammar, tool calls)
+    /// that does not compile: llguidance's message names the unsupported
+    /// feature or the syntax error.
+    #[error("structured output: {message}")]
+    Schema { message: String },
+
     /// Quantization failed.
     #[error("quantize {path}: {message}")]
     Quantize { path: PathBuf, message: String },

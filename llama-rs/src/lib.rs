@@ -24,6 +24,7 @@ mod error;
 mod ffi;
 mod generate;
 mod gguf;
+mod guidance;
 mod hparams;
 mod memory;
 mod model;
@@ -33,6 +34,7 @@ mod sampler;
 mod state;
 pub mod synthetic;
 mod template;
+mod tools;
 mod validate;
 mod vocab;
 
@@ -49,6 +51,7 @@ pub use engine::{
 };
 pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
+pub use guidance::Structured;
 pub use hparams::supported_architectures;
 pub use memory::{
     all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
@@ -60,6 +63,7 @@ pub use quantize::{quantize, Ftype, QuantizeParams};
 pub use sampler::{PerfSampler, Sampler, SamplerBuilder, MAX_PENALTY_LAST_N, RANDOM_SEED};
 pub use state::SeqState;
 pub use template::{ChatOptions, ChatTemplate};
+pub use tools::{ParsedReply, Tool, ToolCallFormat, ToolChoice};
 pub use vocab::{AddSpecial, ParseSpecial, RemoveSpecial, RenderSpecial, Token, Vocab, VocabType};
 
 /// The raw FFI crate, for what the safe API does not cover yet.

@@ -387,6 +387,9 @@ pub struct Model {
     /// Context creation (and adapter loading) write to the model inside
     /// llama.cpp: serialised per model.
     pub(crate) write_lock: Mutex<()>,
+    /// llguidance's view of the vocabulary, built at the first structured
+    /// output request.
+    guidance: std::sync::OnceLock<crate::guidance::Factory>,
 }
 
 // SAFETY: a loaded llama_model is only read by llama.cpp, except during
@@ -541,6 +544,7 @@ impl Model {
             vocab_only: params.vocab_only,
             dry: params.no_alloc,
             write_lock: Mutex::new(()),
+            guidance: std::sync::OnceLock::new(),
         })
     }
 
@@ -696,6 +700,17 @@ impl Model {
         };
         // SAFETY: NULL or a NUL-terminated string owned by the live model.
         (!ptr.is_null()).then(|| unsafe { string_from_ptr(ptr) })
+    }
+}
+
+impl Model {
+    /// The structured-output parser factory, built once per model.
+    pub(crate) fn guidance_factory(&self) -> Result<crate::guidance::Factory> {
+        if let Some(f) = self.guidance.get() {
+            return Ok(f.clone());
+        }
+        let f = crate::guidance::build_factory(self)?;
+        Ok(self.guidance.get_or_init(|| f).clone())
     }
 }
 

@@ -59,6 +59,7 @@ enum Step {
     Grammar { text: String, root: String },
     GrammarLazy { text: String, root: String, patterns: Vec<String>, tokens: Vec<Token> },
     AdaptiveP { target: f32, decay: f32, seed: u32 },
+    Structured(Box<crate::guidance::Structured>),
 }
 
 impl Step {
@@ -82,6 +83,7 @@ impl Step {
             Step::Grammar { .. } => "grammar",
             Step::GrammarLazy { .. } => "grammar_lazy",
             Step::AdaptiveP { .. } => "adaptive_p",
+            Step::Structured(_) => "structured",
         }
     }
 
@@ -94,7 +96,7 @@ impl Step {
     }
 
     fn is_grammar(&self) -> bool {
-        matches!(self, Step::Grammar { .. } | Step::GrammarLazy { .. })
+        matches!(self, Step::Grammar { .. } | Step::GrammarLazy { .. } | Step::Structured(_))
     }
 }
 
@@ -277,6 +279,23 @@ impl<'m> SamplerBuilder<'m> {
         })
     }
 
+    /// Constrains the output to a JSON schema, a Lark grammar or valid tool
+    /// calls, with llguidance (see [`Structured`](crate::Structured)). It is
+    /// placed first in the chain, wherever it is called, so that the other
+    /// samplers choose among allowed tokens only. A schema or grammar that
+    /// does not compile (or uses a JSON-schema feature llguidance does not
+    /// support) makes `build` fail with [`Error::Schema`] naming it.
+    pub fn structured(mut self, structured: crate::guidance::Structured) -> Self {
+        self.steps.insert(0, Step::Structured(Box::new(structured)));
+        self
+    }
+
+    /// [`structured`](Self::structured) with a JSON schema: the output parses
+    /// as JSON and validates against `schema`.
+    pub fn json_schema(self, schema: serde_json::Value) -> Self {
+        self.structured(crate::guidance::Structured::JsonSchema(schema))
+    }
+
     /// Adaptive-p (selecting): favours tokens near probability `target`
     /// (0..=1; negative = plain sampling from the distribution), adapting
     /// with EMA `decay` (0..=0.99).
@@ -370,6 +389,7 @@ impl<'m> SamplerBuilder<'m> {
                 }
                 Ok(())
             }
+            Step::Structured(_) => Ok(()),
             Step::AdaptiveP { target, decay, .. } => {
                 if !(target.is_finite() && target <= 1.0) {
                     return Err(Error::invalid("adaptive_p target", target, "must be <= 1 (negative = disabled)"));
@@ -381,6 +401,10 @@ impl<'m> SamplerBuilder<'m> {
 
     /// Creates one llama.cpp sampler for a checked step.
     fn create(&self, step: &Step) -> Result<NonNull<sys::llama_sampler>> {
+        if let Step::Structured(structured) = step {
+            let s = crate::guidance::new_sampler(&self.model, structured)?;
+            return NonNull::new(s).ok_or_else(|| Error::Sampler { message: "no structured-output sampler".into() });
+        }
         let vocab = self.model.vocab();
         let mut out: *mut sys::llama_sampler = std::ptr::null_mut();
         clear_log_error();
@@ -494,6 +518,8 @@ impl<'m> SamplerBuilder<'m> {
                     out = sys::llama_sampler_init_adaptive_p(target, decay, seed);
                     0
                 }
+                // Created above, in Rust.
+                Step::Structured(_) => 0,
             }
         };
         if status != 0 {

@@ -83,7 +83,13 @@ impl Default for ChatOptions {
     /// The generation prompt on, no tools, no documents, no extra
     /// variables, the system clock.
     fn default() -> Self {
-        ChatOptions { add_generation_prompt: true, tools: None, documents: None, extra: serde_json::Map::new(), now: None }
+        ChatOptions {
+            add_generation_prompt: true,
+            tools: None,
+            documents: None,
+            extra: serde_json::Map::new(),
+            now: None,
+        }
     }
 }
 
@@ -146,7 +152,8 @@ impl ChatTemplate {
     ///
     /// Errors: the model has no such template, or it does not compile.
     pub fn from_model(model: &Model, name: Option<&str>) -> Result<ChatTemplate> {
-        let key = name.map_or_else(|| "tokenizer.chat_template".to_string(), |n| format!("tokenizer.chat_template.{n}"));
+        let key =
+            name.map_or_else(|| "tokenizer.chat_template".to_string(), |n| format!("tokenizer.chat_template.{n}"));
         let source = model.chat_template(name).ok_or_else(|| Error::ChatTemplate {
             line: None,
             message: format!(
@@ -178,7 +185,10 @@ impl ChatTemplate {
             .map_err(|e| template_error(&origin, &e))?;
         env.set_syntax(syntax);
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_unknown_method_callback(|state, value, method, args| match (value.as_str(), method, args) {
+            (Some(s), "title", []) => Ok(Value::from(py_title(s))),
+            _ => minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args),
+        });
         env.set_formatter(|out, _state, value| {
             if value.is_undefined() {
                 return Ok(());
@@ -193,12 +203,15 @@ impl ChatTemplate {
             py_str(&v, &mut s);
             s
         });
-        env.add_function("raise_exception", |message: Option<String>| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("raise_exception: {}", message.unwrap_or_default()),
-            ))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: Option<String>| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("raise_exception: {}", message.unwrap_or_default()),
+                ))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, generation_blocks_as_plain(&source))
             .map_err(|e| template_error(&origin, &e))?;
         Ok(ChatTemplate { env, source, origin, bos_token: String::new(), eos_token: String::new() })
@@ -260,9 +273,9 @@ impl ChatTemplate {
             ctx.into_iter().map(|(k, v)| (k, Value::from(minijinja::value::Serde(v)))).collect();
         value.insert(
             "strftime_now".into(),
-            Value::from_function(move |format: &str| strftime(now, format).map_err(|m| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, m)
-            })),
+            Value::from_function(move |format: &str| {
+                strftime(now, format).map_err(|m| minijinja::Error::new(ErrorKind::InvalidOperation, m))
+            }),
         );
         let ctx = Value::from(value);
         let template = self.env.get_template(TEMPLATE_NAME).map_err(|e| template_error(&self.origin, &e))?;
@@ -347,6 +360,32 @@ fn generation_blocks_as_plain(source: &str) -> String {
         rest = &tag[end + 2..];
     }
     out.push_str(rest);
+    out
+}
+
+/// Python's `str.title()`: a cased character after a cased one is lowered,
+/// any other is title-cased (so `"it's"` becomes `"It'S"` and `"a_b"`
+/// becomes `"A_B"`, unlike the `title` filter).
+fn py_title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut previous_cased = false;
+    for c in s.chars() {
+        if previous_cased {
+            out.extend(c.to_lowercase());
+        } else {
+            match c {
+                // The four letters whose title case is neither upper nor lower.
+                '\u{1C4}'..='\u{1C6}' => out.push('\u{1C5}'),
+                '\u{1C7}'..='\u{1C9}' => out.push('\u{1C8}'),
+                '\u{1CA}'..='\u{1CC}' => out.push('\u{1CB}'),
+                '\u{1F1}'..='\u{1F3}' => out.push('\u{1F2}'),
+                'ß' => out.push_str("Ss"),
+                c => out.extend(c.to_uppercase()),
+            }
+        }
+        let titlecase = matches!(c, '\u{1C5}' | '\u{1C8}' | '\u{1CB}' | '\u{1F2}');
+        previous_cased = c.is_lowercase() || c.is_uppercase() || titlecase;
+    }
     out
 }
 
@@ -501,9 +540,8 @@ fn tojson(value: Value, args: Rest<Value>, kwargs: Kwargs) -> std::result::Resul
         sort_keys = v.is_true();
     }
     kwargs.assert_all_used()?;
-    let (item_sep, key_sep) = separators.unwrap_or_else(|| {
-        (if indent.is_some() { ",".into() } else { ", ".into() }, ": ".into())
-    });
+    let (item_sep, key_sep) =
+        separators.unwrap_or_else(|| (if indent.is_some() { ",".into() } else { ", ".into() }, ": ".into()));
     let dumper = PyJson { indent, item_sep, key_sep, sort_keys, ensure_ascii };
     let mut out = String::new();
     dumper.dump(&value, 0, &mut out)?;
@@ -633,8 +671,20 @@ impl PyJson {
     }
 }
 
-const MONTHS: [&str; 12] =
-    ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
 const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// `datetime.now().strftime(format)` for `now` in UTC: the directives of
@@ -742,9 +792,14 @@ mod tests {
         let t = "{{ none }}|{{ true }}|{{ [1, 'a', none] }}|{{ {'k': 1.5} }}|{{ {'a': 'é\"\\n'} | tojson }}|\
                  {{ [1, 2] | tojson(indent=2) }}|{{ {} | tojson }}|{{ 1e20 | tojson }}|{{ 0.00001 | tojson }}";
         let out = render(t, &[]).unwrap();
+        assert_eq!(out, "None|True|[1, 'a', None]|{'k': 1.5}|{\"a\": \"é\\\"\\n\"}|[\n  1,\n  2\n]|{}|1e+20|1e-05");
+    }
+
+    #[test]
+    fn title_is_pythons() {
         assert_eq!(
-            out,
-            "None|True|[1, 'a', None]|{'k': 1.5}|{\"a\": \"é\\\"\\n\"}|[\n  1,\n  2\n]|{}|1e+20|1e-05"
+            py_title("what's the weather_report 日本語/中文abc ǆemal straße"),
+            "What'S The Weather_Report 日本語/中文Abc ǅemal Straße"
         );
     }
 
@@ -752,7 +807,10 @@ mod tests {
     fn strftime_matches_known_dates() {
         // 2026-01-15 12:00:00 UTC, a Thursday.
         let t = UNIX_EPOCH + std::time::Duration::from_secs(1_768_478_400);
-        assert_eq!(strftime(t, "%d %b %Y %A %H:%M:%S %j %-d %B").unwrap(), "15 Jan 2026 Thursday 12:00:00 015 15 January");
+        assert_eq!(
+            strftime(t, "%d %b %Y %A %H:%M:%S %j %-d %B").unwrap(),
+            "15 Jan 2026 Thursday 12:00:00 015 15 January"
+        );
         let leap = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(strftime(leap, "%F %a %y").unwrap(), "2000-02-29 Tue 00");
         assert!(strftime(t, "%Q").unwrap_err().contains("%Q"));

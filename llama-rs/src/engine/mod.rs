@@ -273,6 +273,30 @@ impl Engine {
         Ok(handles)
     }
 
+    /// The tool-call format of a request that offers tools (`None` for one
+    /// that does not, or with [`ToolChoice::None`](crate::ToolChoice::None)).
+    fn tool_format(&self, request: &Request) -> Result<Option<crate::tools::ToolCallFormat>> {
+        if request.tools.is_empty() || request.tool_choice == crate::tools::ToolChoice::None {
+            return Ok(None);
+        }
+        if let Some(f) = request.tool_format {
+            return Ok(Some(f));
+        }
+        let template = match self.chat_template.get() {
+            Some(t) => Some(t),
+            None => crate::template::ChatTemplate::from_model(&self.model, None)
+                .ok()
+                .map(|t| self.chat_template.get_or_init(|| t)),
+        };
+        template.and_then(crate::tools::ToolCallFormat::detect).map(Some).ok_or_else(|| {
+            Error::invalid(
+                "tools",
+                request.tools.len(),
+                "the model's chat template shows no known tool-call format: set one with Request::tool_format",
+            )
+        })
+    }
+
     fn prepare(&self, request: Request, submitted: Instant) -> Result<(worker::Pending, RequestHandle)> {
         let vocab = self.model.vocab();
         let resumed = request.resume.as_ref().map_or(0, |s| s.tokens().len());
@@ -289,7 +313,11 @@ impl Engine {
                         self.chat_template.get_or_init(|| t)
                     }
                 };
-                let text = template.render(messages, &crate::template::ChatOptions::default())?;
+                let mut options = request.chat_options.clone().add_generation_prompt(true);
+                if !request.tools.is_empty() && request.tool_choice != crate::tools::ToolChoice::None {
+                    options = options.tools(request.tools.iter().map(crate::tools::Tool::to_json).collect::<Vec<_>>());
+                }
+                let text = template.render(messages, &options)?;
                 template.tokenize_into(vocab, &text, add, &mut tokens)?;
             }
         }
@@ -311,9 +339,29 @@ impl Engine {
                 reason: "this model's memory cannot shift positions: leave context_shift off".into(),
             });
         }
-        let mut sampler = match request.sampler {
-            SamplerChoice::Params(p) => p.build(&self.model)?,
-            SamplerChoice::Custom(s) => s,
+        let tool_format = self.tool_format(&request)?;
+        let mut sampler = match (request.sampler, tool_format) {
+            (SamplerChoice::Params(p), None) => p.build(&self.model)?,
+            (SamplerChoice::Params(p), Some(format)) => {
+                if p.has_structured() {
+                    return Err(Error::invalid(
+                        "tools",
+                        request.tools.len(),
+                        "a request takes tools or a structured output of its own, not both",
+                    ));
+                }
+                let required = request.tool_choice == crate::tools::ToolChoice::Required;
+                p.structured(crate::guidance::Structured::ToolCalls { format, tools: request.tools, required })
+                    .build(&self.model)?
+            }
+            (SamplerChoice::Custom(_), Some(_)) => {
+                return Err(Error::invalid(
+                    "tools",
+                    request.tools.len(),
+                    "tools need SamplingParams: with a sampler of your own, add Structured::ToolCalls to it",
+                ))
+            }
+            (SamplerChoice::Custom(s), None) => s,
         };
         if sampler.n_vocab() != vocab.n_tokens() {
             return Err(Error::Sampler {
@@ -327,7 +375,7 @@ impl Engine {
         // Penalties and DRY see the prompt (the grammar does not).
         sampler.accept_prompt(&tokens)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let shared = Arc::new(Shared::new(id, tokens.clone(), self.cancels.clone()));
+        let shared = Arc::new(Shared::new(id, tokens.clone(), self.cancels.clone(), tool_format));
         let pending = worker::Pending {
             shared: shared.clone(),
             tokens,

@@ -4,9 +4,12 @@
 use crate::chat::ChatMessage;
 use crate::error::{Error, Result};
 use crate::generate::StopReason;
+use crate::guidance::Structured;
 use crate::model::Model;
 use crate::sampler::{Sampler, RANDOM_SEED};
 use crate::state::SeqState;
+use crate::template::ChatOptions;
+use crate::tools::{ParsedReply, Tool, ToolCallFormat, ToolChoice};
 use crate::vocab::{AddSpecial, ParseSpecial, RenderSpecial, Token};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +42,7 @@ pub struct SamplingParams {
     presence_penalty: f32,
     seed: u32,
     grammar: Option<String>,
+    structured: Option<Structured>,
     logit_bias: Vec<(Token, f32)>,
 }
 
@@ -55,6 +59,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             seed: RANDOM_SEED,
             grammar: None,
+            structured: None,
             logit_bias: Vec::new(),
         }
     }
@@ -112,10 +117,25 @@ impl SamplingParams {
         self.grammar = Some(gbnf.into());
         self
     }
+    /// Structured output: a JSON schema, a Lark grammar or tool calls the
+    /// output must follow (see [`Structured`]; OpenAI's `response_format`).
+    pub fn structured(mut self, structured: Structured) -> Self {
+        self.structured = Some(structured);
+        self
+    }
+    /// Output that parses as JSON and validates against `schema`.
+    pub fn json_schema(self, schema: serde_json::Value) -> Self {
+        self.structured(Structured::JsonSchema(schema))
+    }
     /// Biases added to token logits (`f32::NEG_INFINITY` bans a token).
     pub fn logit_bias(mut self, biases: &[(Token, f32)]) -> Self {
         self.logit_bias = biases.to_vec();
         self
+    }
+
+    /// Whether a structured output was set.
+    pub(crate) fn has_structured(&self) -> bool {
+        self.structured.is_some()
     }
 
     /// The seed asked for.
@@ -126,6 +146,9 @@ impl SamplingParams {
     /// Builds the chain for `model` (every value checked, see [`Sampler`]).
     pub fn build(&self, model: &Arc<Model>) -> Result<Sampler<'static>> {
         let mut b = Sampler::builder_owned(model);
+        if let Some(s) = &self.structured {
+            b = b.structured(s.clone());
+        }
         if let Some(g) = &self.grammar {
             b = b.grammar(g, "root");
         }
@@ -187,6 +210,10 @@ pub struct Request {
     pub(crate) add_special: AddSpecial,
     pub(crate) parse_special: ParseSpecial,
     pub(crate) special: RenderSpecial,
+    pub(crate) chat_options: ChatOptions,
+    pub(crate) tools: Vec<Tool>,
+    pub(crate) tool_choice: ToolChoice,
+    pub(crate) tool_format: Option<ToolCallFormat>,
 }
 
 impl Request {
@@ -205,6 +232,10 @@ impl Request {
             add_special: AddSpecial::Yes,
             parse_special: ParseSpecial::Yes,
             special: RenderSpecial::No,
+            chat_options: ChatOptions::default(),
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            tool_format: None,
         }
     }
 
@@ -224,6 +255,40 @@ impl Request {
     /// assistant's turn opened).
     pub fn chat(messages: impl Into<Vec<ChatMessage>>) -> Request {
         Request::new(RequestPrompt::Chat(messages.into()))
+    }
+
+    /// How a chat prompt is rendered: documents, extra template variables,
+    /// the clock (the generation prompt is always added; tools come from
+    /// [`tools`](Self::tools)).
+    pub fn chat_options(mut self, options: ChatOptions) -> Self {
+        self.chat_options = options;
+        self
+    }
+
+    /// Tools the model may call. A chat prompt's template gets them; the
+    /// output is free text until the model starts a call, which is then
+    /// forced to name one of the tools with arguments matching its schema
+    /// (see [`Structured::ToolCalls`]); [`Completion::reply`] has the
+    /// parsed calls. The format is the template's ([`ToolCallFormat::detect`]),
+    /// or [`tool_format`](Self::tool_format). Needs [`SamplingParams`] (not
+    /// a custom sampler) without a structured output of its own.
+    pub fn tools(mut self, tools: impl Into<Vec<Tool>>) -> Self {
+        self.tools = tools.into();
+        self
+    }
+
+    /// Whether the model may, must or must not call tools (default
+    /// [`ToolChoice::Auto`]).
+    pub fn tool_choice(mut self, choice: ToolChoice) -> Self {
+        self.tool_choice = choice;
+        self
+    }
+
+    /// The tool-call format, for a template that shows none of the known
+    /// markers (or to override what it shows).
+    pub fn tool_format(mut self, format: ToolCallFormat) -> Self {
+        self.tool_format = Some(format);
+        self
     }
 
     /// Sampling settings (default: [`SamplingParams::default`]).
@@ -392,6 +457,9 @@ pub struct Completion {
     pub logprobs: Vec<Logprobs>,
     /// How it ended.
     pub finished: Finished,
+    /// The text split into content and tool calls, for a request that
+    /// offered tools.
+    pub reply: Option<ParsedReply>,
 }
 
 /// The channel between the engine thread and one handle.
@@ -413,13 +481,21 @@ pub(crate) struct Shared {
     pub(crate) ready: Condvar,
     /// The engine's cancel counter, read by its abort callback.
     pub(crate) cancels: Arc<AtomicU64>,
+    /// How tool calls are written, for a request that offered tools.
+    pub(crate) tool_format: Option<ToolCallFormat>,
 }
 
 impl Shared {
-    pub(crate) fn new(id: u64, prompt: Vec<Token>, cancels: Arc<AtomicU64>) -> Shared {
+    pub(crate) fn new(
+        id: u64,
+        prompt: Vec<Token>,
+        cancels: Arc<AtomicU64>,
+        tool_format: Option<ToolCallFormat>,
+    ) -> Shared {
         Shared {
             id,
             prompt,
+            tool_format,
             cancelled: AtomicBool::new(false),
             channel: Mutex::new(ChannelState::default()),
             ready: Condvar::new(),
@@ -560,6 +636,12 @@ impl RequestHandle {
         std::future::poll_fn(move |cx| self.poll_recv(cx))
     }
 
+    /// The format of tool calls in the output, for a request that offered
+    /// tools (parse the streamed text with [`ToolCallFormat::parse`]).
+    pub fn tool_format(&self) -> Option<ToolCallFormat> {
+        self.shared.tool_format
+    }
+
     /// Waits for the end and collects the output.
     pub fn wait(self) -> Result<Completion> {
         let mut text = String::new();
@@ -572,7 +654,10 @@ impl RequestHandle {
                     tokens.push(p.token);
                     logprobs.extend(p.logprobs);
                 }
-                Event::Done(finished) => return Ok(Completion { text, tokens, logprobs, finished }),
+                Event::Done(finished) => {
+                    let reply = self.shared.tool_format.map(|f| f.parse(&text));
+                    return Ok(Completion { text, tokens, logprobs, finished, reply });
+                }
                 Event::Failed(e) => return Err(e),
             }
         }
