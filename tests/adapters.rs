@@ -533,3 +533,70 @@ fn lora_adapters_are_send_and_sync() {
     send_sync::<LoraAdapter<'static>>();
     send_sync::<LoraAdapter<'_>>();
 }
+
+/// Greedy tokens after PROMPT with `set` applied, by a plain loop of
+/// decode and arg-max (independent of the engine).
+fn greedy_alone(model: &Model, set: &[(&LoraAdapter<'_>, f32)], n: usize) -> Vec<Token> {
+    let mut ctx = model.new_context(params()).unwrap();
+    ctx.set_lora(set).unwrap();
+    let mut b = Batch::new(PROMPT.len(), 1).unwrap();
+    b.add_sequence(&PROMPT, 0, 0, true).unwrap();
+    ctx.decode(&mut b).unwrap();
+    let mut out = Vec::new();
+    let mut row = PROMPT.len() as i32 - 1;
+    for k in 0..n {
+        let logits = ctx.logits(row).unwrap();
+        let best = (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best });
+        out.push(Token(best as i32));
+        b.clear();
+        b.add(Token(best as i32), (PROMPT.len() + k) as i32, &[0], true).unwrap();
+        ctx.decode(&mut b).unwrap();
+        row = 0;
+    }
+    out
+}
+
+#[test]
+fn the_engine_decodes_each_request_with_its_adapters() {
+    use llama_rs::{Engine, EngineParams, Request, SamplingParams};
+    let model = Arc::new(Model::load_with(tiny_path(VocabKind::Spm), llama_rs::ModelParams::default()).unwrap());
+    let path = file("engine");
+    SyntheticLora::new(&tiny_synthetic()).target("output.weight", 4).alpha(16.0).write(&path).unwrap();
+    let lora = LoraAdapter::load_owned(&model, &path).unwrap();
+    const N: usize = 12;
+    let sets: [Vec<(LoraAdapter<'static>, f32)>; 3] = [vec![], vec![(lora.clone(), 1.0)], vec![(lora.clone(), 0.5)]];
+    let alone: Vec<Vec<Token>> =
+        sets.iter().map(|set| greedy_alone(&model, &set.iter().map(|(a, s)| (a, *s)).collect::<Vec<_>>(), N)).collect();
+    // The adapter must change the output for this test to mean anything.
+    assert_ne!(alone[0], alone[1]);
+    assert_ne!(alone[1], alone[2]);
+
+    let ctx = ContextParams::default().n_ctx(1024).threads(2);
+    let engine = Engine::new(model.clone(), EngineParams::default().n_slots(4).context(ctx.clone())).unwrap();
+    let request = |k: usize| {
+        Request::tokens(PROMPT.to_vec())
+            .lora(sets[k % 3].clone())
+            .sampling(SamplingParams::greedy())
+            .ignore_eos(true)
+            .max_tokens(N)
+    };
+    // Nine requests of three sets at once, on four slots.
+    let handles = engine.submit_all((0..9).map(request)).unwrap();
+    for (k, h) in handles.into_iter().enumerate() {
+        let c = h.wait().unwrap();
+        assert_eq!(c.tokens, alone[k % 3], "request {k} (set {})", k % 3);
+    }
+    // A cached prefix is reused only by a request with the same adapters
+    // (one slot: its cache is the only one).
+    let one = Engine::new(model.clone(), EngineParams::default().n_slots(1).context(ctx.clone())).unwrap();
+    let cached = |k: usize| one.submit(request(k)).unwrap().wait().unwrap().finished.stats.cached_tokens;
+    assert_eq!(cached(1), 0);
+    assert!(cached(1) > 0, "the same set reuses the prompt");
+    assert_eq!(cached(0), 0, "no adapters: the cells computed with one are not reused");
+    assert!(cached(0) > 0);
+    assert_eq!(cached(2), 0, "another scale is another set");
+    // An adapter of another model is an error of submit.
+    let other = Arc::new(Model::load_with(tiny_path(VocabKind::Spm), llama_rs::ModelParams::default()).unwrap());
+    let foreign = LoraAdapter::load_owned(&other, &path).unwrap();
+    assert!(matches!(engine.submit(request(0).lora([(foreign, 1.0)])), Err(Error::InvalidParam { .. })));
+}

@@ -44,8 +44,8 @@ const TEMPLATE_NAME: &str = "chat_template";
 ///
 /// ```no_run
 /// # fn main() -> llama_rs::Result<()> {
-/// use llama_rs::{ChatMessage, ChatOptions, ChatTemplate, Model, ModelParams};
-/// let model = Model::load("model.gguf", &ModelParams::default())?;
+/// use llama_rs::{ChatMessage, ChatOptions, ChatTemplate, Model};
+/// let model = Model::load("model.gguf")?;
 /// let template = ChatTemplate::from_model(&model, None)?;
 /// let prompt = template.render(&[ChatMessage::user("Hello!")], &ChatOptions::default())?;
 /// # Ok(()) }

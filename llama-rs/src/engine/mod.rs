@@ -339,6 +339,17 @@ impl Engine {
                 reason: "this model's memory cannot shift positions: leave context_shift off".into(),
             });
         }
+        for (i, (adapter, scale)) in request.lora.iter().enumerate() {
+            if !std::ptr::eq(adapter.model(), &*self.model) {
+                return Err(Error::invalid("LoRA adapter", i, "it was loaded for another model than the engine's"));
+            }
+            if !scale.is_finite() {
+                return Err(Error::invalid("LoRA scale", scale, "must be a finite number"));
+            }
+            if request.lora[..i].iter().any(|(b, _)| b.same(adapter)) {
+                return Err(Error::invalid("LoRA adapter", i, "is listed twice"));
+            }
+        }
         let tool_format = self.tool_format(&request)?;
         let mut sampler = match (request.sampler, tool_format) {
             (SamplerChoice::Params(p), None) => p.build(&self.model)?,
@@ -390,6 +401,7 @@ impl Engine {
             save_state: request.save_state,
             special: request.special,
             submitted,
+            lora: worker::canonical(request.lora),
         };
         Ok((pending, RequestHandle { shared, wake_engine: self.tx.clone() }))
     }

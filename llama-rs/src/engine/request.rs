@@ -1,6 +1,7 @@
 //! What a caller gives the engine (a [`Request`]) and gets back (a
 //! [`RequestHandle`] streaming [`Event`]s).
 
+use crate::adapter::LoraAdapter;
 use crate::chat::ChatMessage;
 use crate::error::{Error, Result};
 use crate::generate::StopReason;
@@ -214,6 +215,7 @@ pub struct Request {
     pub(crate) tools: Vec<Tool>,
     pub(crate) tool_choice: ToolChoice,
     pub(crate) tool_format: Option<ToolCallFormat>,
+    pub(crate) lora: Vec<(LoraAdapter<'static>, f32)>,
 }
 
 impl Request {
@@ -236,6 +238,7 @@ impl Request {
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
             tool_format: None,
+            lora: Vec::new(),
         }
     }
 
@@ -288,6 +291,17 @@ impl Request {
     /// markers (or to override what it shows).
     pub fn tool_format(mut self, format: ToolCallFormat) -> Self {
         self.tool_format = Some(format);
+        self
+    }
+
+    /// LoRA adapters and their scales for this request (loaded for the
+    /// engine's model with [`LoraAdapter::load_owned`]). One llama.cpp
+    /// context applies one set at a time, so the engine decodes requests of
+    /// different sets in different steps, taking turns, as llama-server
+    /// does; a cached prompt prefix is reused only by a request with the
+    /// same set. Default: none.
+    pub fn lora(mut self, adapters: impl IntoIterator<Item = (LoraAdapter<'static>, f32)>) -> Self {
+        self.lora = adapters.into_iter().collect();
         self
     }
 

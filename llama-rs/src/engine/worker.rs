@@ -2,6 +2,7 @@
 
 use super::request::{Event, Finished, Logprobs, RequestStats, Shared, StreamPiece};
 use super::{Command, EngineStatus};
+use crate::adapter::LoraAdapter;
 use crate::batch::{Batch, Pos, SeqId};
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -31,6 +32,23 @@ pub(crate) struct Pending {
     pub(crate) save_state: bool,
     pub(crate) special: RenderSpecial,
     pub(crate) submitted: Instant,
+    /// The LoRA adapters and scales, in a canonical order (see [`AdapterSet`]).
+    pub(crate) lora: AdapterSet,
+}
+
+/// A set of LoRA adapters with their scales, sorted by adapter identity, so
+/// that two equal sets compare equal element by element.
+pub(crate) type AdapterSet = Vec<(LoraAdapter<'static>, f32)>;
+
+/// Sorts a set into its canonical order.
+pub(crate) fn canonical(mut set: AdapterSet) -> AdapterSet {
+    set.sort_by_key(|(a, _)| a.as_ptr() as usize);
+    set
+}
+
+/// Whether two canonical sets are the same adapters with the same scales.
+fn same_set(a: &AdapterSet, b: &AdapterSet) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|((x, s), (y, t))| x.same(y) && s.to_bits() == t.to_bits())
 }
 
 /// A request in a slot.
@@ -47,6 +65,9 @@ struct Active {
     first_token: Option<Instant>,
     last_token: Option<Instant>,
     shifts: usize,
+    /// The engine step that last decoded for it (0: none yet): requests of
+    /// another adapter set take turns by it.
+    last_step: u64,
     /// Waits for an earlier request seated with the same prompt start to
     /// decode it: (its slot, its id, the tokens to share).
     follow: Option<(usize, u64, usize)>,
@@ -59,6 +80,9 @@ struct Slot {
     cache: Vec<Token>,
     last_used: u64,
     active: Option<Box<Active>>,
+    /// The adapter set the cached cells were computed with: a prefix is
+    /// reused only by a request with the same set.
+    cache_lora: AdapterSet,
 }
 
 /// What one slot put into the current step's batch.
@@ -91,6 +115,23 @@ pub(crate) struct Worker {
     shutdown: bool,
 }
 
+/// Whether request `a` uses the adapter set of slot `group`'s request.
+fn in_group(slots: &[Slot], a: &Active, group: usize) -> bool {
+    slots[group].active.as_ref().is_some_and(|g| same_set(&g.p.lora, &a.p.lora))
+}
+
+impl Slot {
+    /// How many of `tokens` this slot's cache can give a request with
+    /// adapters `lora`: none when they were computed with another set.
+    fn reusable(&self, tokens: &[Token], lora: &AdapterSet) -> usize {
+        if same_set(&self.cache_lora, lora) {
+            lcp(&self.cache, tokens)
+        } else {
+            0
+        }
+    }
+}
+
 fn lcp(a: &[Token], b: &[Token]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
@@ -121,7 +162,13 @@ impl Worker {
         ctx.set_abort_callback(Some(Box::new(move || c.load(Ordering::Acquire) != a.load(Ordering::Acquire))));
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
         let slots = (0..n_slots)
-            .map(|i| Slot { seq: i as SeqId, cache: Vec::with_capacity(n_ctx_slot), last_used: 0, active: None })
+            .map(|i| Slot {
+                seq: i as SeqId,
+                cache: Vec::with_capacity(n_ctx_slot),
+                last_used: 0,
+                active: None,
+                cache_lora: Vec::new(),
+            })
             .collect();
         Ok(Worker {
             n_ctx: ctx.n_ctx() as usize,
@@ -259,12 +306,12 @@ impl Worker {
     /// The free slot whose cache shares the longest prefix with the next
     /// queued prompt; with none, the least recently used.
     fn pick_free(&self) -> Option<usize> {
-        let tokens = &self.queue.front()?.tokens;
+        let next = self.queue.front()?;
         self.slots
             .iter()
             .enumerate()
             .filter(|(_, s)| s.active.is_none())
-            .max_by_key(|(_, s)| (lcp(&s.cache, tokens), std::cmp::Reverse(s.last_used)))
+            .max_by_key(|(_, s)| (s.reusable(&next.tokens, &next.lora), std::cmp::Reverse(s.last_used)))
             .map(|(i, _)| i)
     }
 
@@ -287,13 +334,13 @@ impl Worker {
                 }
                 return Ok(keep);
             }
-            let own = lcp(&self.slots[i].cache, &p.tokens).min(limit);
+            let own = self.slots[i].reusable(&p.tokens, &p.lora).min(limit);
             let other = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter(|(j, s)| *j != i && s.active.is_some())
-                .map(|(j, s)| (lcp(&s.cache, &p.tokens).min(limit), j))
+                .map(|(j, s)| (s.reusable(&p.tokens, &p.lora).min(limit), j))
                 .max();
             if let Some((n, j)) = other.filter(|&(n, _)| n > own) {
                 // Share a running request's cells (unified cache: no copy).
@@ -318,7 +365,12 @@ impl Worker {
             Ok(own)
         })();
         let cached = match setup {
-            Ok(n) => n,
+            Ok(n) => {
+                // What is cached now was computed with (or is empty for)
+                // this request's adapters.
+                self.slots[i].cache_lora.clone_from(&p.lora);
+                n
+            }
             Err(e) => {
                 let _ = self.ctx.seq_rm(Some(seq), ..);
                 self.slots[i].cache.clear();
@@ -343,6 +395,7 @@ impl Worker {
             first_token: None,
             last_token: None,
             shifts: 0,
+            last_step: 0,
             follow: None,
         }));
         self.plan_follow(i);
@@ -366,7 +419,8 @@ impl Worker {
             .filter(|(j, _)| *j != i)
             .filter_map(|(j, s)| {
                 let b = s.active.as_ref()?;
-                (b.generated == 0).then(|| (lcp(&b.p.tokens, &a.p.tokens).min(limit), j, b.p.shared.id))
+                (b.generated == 0 && same_set(&b.p.lora, &a.p.lora))
+                    .then(|| (lcp(&b.p.tokens, &a.p.tokens).min(limit), j, b.p.shared.id))
             })
             .max();
         if let Some((n, j, id)) = best {
@@ -458,9 +512,16 @@ impl Worker {
     fn build_batch(&mut self) {
         self.batch.clear();
         self.entries.clear();
+        // One adapter set per step (llama.cpp applies one per context): the
+        // set of the request that has waited longest since it last decoded.
+        let Some(group) = self.step_group() else { return };
         // Generating requests first.
         for i in 0..self.slots.len() {
-            let Some(next) = self.slots[i].active.as_ref().and_then(|a| a.next) else { continue };
+            let Some(next) =
+                self.slots[i].active.as_ref().filter(|a| in_group(&self.slots, a, group)).and_then(|a| a.next)
+            else {
+                continue;
+            };
             if self.slots[i].cache.len() + 1 > self.n_ctx_slot {
                 if let Err(e) = self.shift(i) {
                     self.fail(i, e);
@@ -478,10 +539,10 @@ impl Worker {
         // Prompt chunks, first come first served.
         let mut budget = self.step_tokens.saturating_sub(self.batch.len());
         self.order.clear();
-        self.order.extend(
-            (0..self.slots.len())
-                .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.next.is_none() && a.generated == 0)),
-        );
+        let slots = &self.slots;
+        self.order.extend((0..slots.len()).filter(|&i| {
+            slots[i].active.as_ref().is_some_and(|a| a.next.is_none() && a.generated == 0 && in_group(slots, a, group))
+        }));
         let slots = &self.slots;
         self.order.sort_by_key(|&i| slots[i].active.as_ref().map_or(u64::MAX, |a| a.order));
         for k in 0..self.order.len() {
@@ -504,6 +565,31 @@ impl Worker {
             budget -= n;
             self.entries.push(Entry { slot: i, n_before: done, n_added: n, row });
         }
+    }
+
+    /// The slot whose adapter set this step decodes: of the requests with
+    /// work, the one that decoded least recently (then the oldest).
+    fn step_group(&self) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.active.as_ref().map(|a| (i, a)))
+            .filter(|(_, a)| a.next.is_some() || a.generated == 0)
+            .min_by_key(|(_, a)| (a.last_step, a.order))
+            .map(|(i, _)| i)
+    }
+
+    /// Applies the adapter set of this step's requests (nothing to do when
+    /// it is the context's already).
+    fn apply_lora(&mut self) -> Result<()> {
+        let Some(first) = self.entries.first() else { return Ok(()) };
+        let a = self.slots[first.slot].active.as_ref().expect("active in its step");
+        if a.p.lora.is_empty() {
+            self.ctx.clear_lora();
+            return Ok(());
+        }
+        let set: Vec<(&LoraAdapter<'static>, f32)> = a.p.lora.iter().map(|(l, s)| (l, *s)).collect();
+        self.ctx.set_lora(&set)
     }
 
     /// Evicts idle caches (least recently used first) until the cells the
@@ -544,6 +630,14 @@ impl Worker {
             return;
         }
         self.make_room(self.batch.len());
+        if let Err(e) = self.apply_lora() {
+            for k in 0..self.entries.len() {
+                let slot = self.entries[k].slot;
+                self.fail(slot, copy_error(&e));
+            }
+            self.publish();
+            return;
+        }
         self.armed.store(self.cancels.load(Ordering::Acquire), Ordering::Release);
         let mut result = self.ctx.decode(&mut self.batch);
         if matches!(result, Err(Error::ContextFull { .. })) {
@@ -583,6 +677,7 @@ impl Worker {
             let e = self.entries[k];
             let slot = &mut self.slots[e.slot];
             let a = slot.active.as_mut().expect("active during its step");
+            a.last_step = self.steps;
             match a.next.take() {
                 Some(t) => slot.cache.push(t),
                 None => slot.cache.extend_from_slice(&a.p.tokens[e.n_before..e.n_before + e.n_added]),
