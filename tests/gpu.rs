@@ -453,3 +453,106 @@ fn engine_on_the_gpus() {
     assert!(matches!(long.wait(), Err(Error::Aborted)));
     assert!(next.wait().is_ok());
 }
+
+/// Embeddings (mean pooling), rank-pooling scores, a LoRA adapter, a control
+/// vector and JSON-schema output on the GPUs: the same results as on the
+/// CPU within `TOLERANCE` (schema output: valid), scale 0 and clearing give
+/// the base logits exactly.
+#[test]
+#[ignore = "needs a GPU"]
+fn embeddings_adapters_and_structured_output_on_the_gpus() {
+    use llama_rs::synthetic::{Architecture, SyntheticLora};
+    use llama_rs::{EmbedParams, Embedder, LoraAdapter, Pooling, StopReason};
+    let g = gpus();
+    let on_gpus = ModelParams::default().devices(&indices(&g));
+    let on_cpu = ModelParams::default().n_gpu_layers(Some(0));
+    let gpu = Model::load_with(small_path(), on_gpus.clone()).unwrap();
+    let cpu = Model::load_with(small_path(), on_cpu.clone()).unwrap();
+
+    // Embeddings.
+    let texts = ["the quick brown fox", "jumps over the lazy dog", "and runs away"];
+    let embed =
+        |m: &Model| Embedder::new(m, EmbedParams::default().pooling(Pooling::Mean)).unwrap().embed(&texts).unwrap();
+    let (e_gpu, e_cpu) = (embed(&gpu), embed(&cpu));
+    let diff = e_gpu.iter().zip(&e_cpu).map(|(a, b)| max_diff(a, b)).fold(0.0, f32::max);
+    println!("embeddings GPU vs CPU: max diff {diff:.2e}");
+    assert!(diff < TOLERANCE, "{diff}");
+
+    // Rank pooling (a synthetic Qwen3 reranker with a classifier head).
+    let ranker = SyntheticModel::new(ModelShape::tiny())
+        .architecture(Architecture::Qwen3)
+        .classifier(&["yes", "no"])
+        .weight_type(WeightType::F32)
+        .seed(7)
+        .write_cached(fixture_dir())
+        .unwrap();
+    let scores = |params: ModelParams| {
+        let m = Model::load_with(&ranker, params).unwrap();
+        let mut r = Embedder::new(&m, EmbedParams::default()).unwrap();
+        r.rerank("a question", &["first document", "second one", "third"]).unwrap()
+    };
+    let (s_gpu, s_cpu) = (scores(on_gpus.clone()), scores(on_cpu.clone()));
+    println!("rerank GPU {s_gpu:?} vs CPU {s_cpu:?}");
+    assert!(max_diff(&s_gpu, &s_cpu) < TOLERANCE);
+
+    // A LoRA adapter on every layer's attention and the output.
+    let lora_path = fixture_dir().join("gpu-small-lora.gguf");
+    let small = SyntheticModel::new(ModelShape::small()).vocab(VocabKind::Spm).weight_type(WeightType::F16).seed(7);
+    SyntheticLora::new(&small)
+        .target("blk.0.attn_q.weight", 4)
+        .target("output.weight", 4)
+        .alpha(64.0)
+        .write(&lora_path)
+        .unwrap();
+    let with_lora = |m: &Model, scale: f32| {
+        let a = LoraAdapter::load(m, &lora_path).unwrap();
+        let tokens = prompt(m);
+        let mut c = m.new_context(ContextParams::default().n_ctx(512)).unwrap();
+        c.set_lora(&[(&a, scale)]).unwrap();
+        let mut b = Batch::new(tokens.len(), 1).unwrap();
+        b.add_sequence(&tokens, 0, 0, true).unwrap();
+        c.decode(&mut b).unwrap();
+        c.logits(tokens.len() as i32 - 1).unwrap().to_vec()
+    };
+    let base = last_logits(&gpu, FlashAttention::Auto);
+    assert_eq!(with_lora(&gpu, 0.0), base, "scale 0 gives the base logits");
+    let (l_gpu, l_cpu) = (with_lora(&gpu, 1.0), with_lora(&cpu, 1.0));
+    println!("LoRA: changes the logits by {:.3}, GPU vs CPU {:.2e}", max_diff(&l_gpu, &base), max_diff(&l_gpu, &l_cpu));
+    assert!(max_diff(&l_gpu, &base) > 10.0 * TOLERANCE, "the adapter must matter");
+    assert!(max_diff(&l_gpu, &l_cpu) < TOLERANCE);
+
+    // A control vector on layers 2..=5, then cleared.
+    let n = gpu.n_embd() as usize * (gpu.n_layer() as usize - 1);
+    let tokens = prompt(&gpu);
+    let mut c = gpu.new_context(ContextParams::default().n_ctx(512)).unwrap();
+    let run = |c: &mut llama_rs::Context<'_>| {
+        c.clear_kv(false);
+        let mut b = Batch::new(tokens.len(), 1).unwrap();
+        b.add_sequence(&tokens, 0, 0, true).unwrap();
+        c.decode(&mut b).unwrap();
+        c.logits(tokens.len() as i32 - 1).unwrap().to_vec()
+    };
+    let plain = run(&mut c);
+    c.set_control_vector(&vec![0.05f32; n], 2..=5).unwrap();
+    let steered = run(&mut c);
+    c.clear_control_vector();
+    assert!(max_diff(&steered, &plain) > TOLERANCE);
+    assert_eq!(run(&mut c), plain, "clearing restores the logits");
+
+    // JSON-schema output (bounded by the schema, so a random model ends it).
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"colour": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"}},
+        "required": ["colour", "ok"],
+        "additionalProperties": false
+    });
+    for seed in 0..3 {
+        let mut s = Sampler::builder(&gpu).json_schema(schema.clone()).temp(1.0).dist(seed).build().unwrap();
+        let mut c = gpu.new_context(ContextParams::default().n_ctx(512)).unwrap();
+        let (text, stats) =
+            c.generate_text(&mut s, "once upon a time", GenerateParams::default().max_tokens(64)).unwrap();
+        assert_eq!(stats.stop_reason, StopReason::Eog, "{text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert!(["red", "green", "blue"].contains(&v["colour"].as_str().unwrap()) && v["ok"].is_boolean(), "{v}");
+    }
+}
