@@ -319,3 +319,22 @@ fn engine_requests_take_a_schema_or_tools_each() {
         .tool_format(ToolCallFormat::Hermes);
     assert!(matches!(engine.submit(both), Err(Error::InvalidParam { .. })));
 }
+
+#[test]
+fn a_structured_sampler_refuses_what_its_grammar_does_not_allow() {
+    use llama_rs::{AddSpecial, ParseSpecial};
+    let m = common::tiny_bpe();
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]});
+    let mut s = Sampler::builder(m).json_schema(schema).greedy().build().unwrap();
+    let eos = m.vocab().eos().expect("the tiny model has EOS");
+    // End of generation before the object is complete, and text that is
+    // not JSON, are refused (and leave the sampler usable).
+    assert!(matches!(s.accept(eos), Err(Error::GrammarRejected { .. })));
+    let x = m.vocab().tokenize("x", AddSpecial::No, ParseSpecial::No).unwrap();
+    assert!(matches!(s.accept(x[0]), Err(Error::GrammarRejected { .. })));
+    // A valid object is accepted token by token, then end of generation.
+    for t in m.vocab().tokenize("{\"a\": 12}", AddSpecial::No, ParseSpecial::No).unwrap() {
+        s.accept(t).unwrap_or_else(|e| panic!("token {t:?}: {e}"));
+    }
+    s.accept(eos).unwrap();
+}
