@@ -4,6 +4,7 @@
 //! cargo run --release --example generate -- [--model PATH] [--prompt TEXT] [-n N]
 //!     [--seed S] [--temp T] [-ngl N] [--split-mode none|layer|row|tensor]
 //!     [--tensor-split 3,1] [--main-gpu I] [-cnv [-sys TEXT]]
+//!     [--json-schema SCHEMA | --json-schema-file FILE | --grammar-file FILE]
 //! ```
 //!
 //! `-cnv` chats, as llama-cli does: each line read from standard input is a
@@ -26,7 +27,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: generate [--model PATH] [--prompt TEXT] [-n N] [--seed S] [--temp T] [-ngl N]
                 [--split-mode none|layer|row|tensor] [--tensor-split 3,1] [--main-gpu I]
-                [-cnv|--conversation] [-sys|--system-prompt TEXT]";
+                [-cnv|--conversation] [-sys|--system-prompt TEXT]
+                [-j|--json-schema SCHEMA] [-jf|--json-schema-file FILE] [--grammar-file FILE]";
 
 struct Args {
     model: Option<PathBuf>,
@@ -40,6 +42,8 @@ struct Args {
     main_gpu: usize,
     conversation: bool,
     system: Option<String>,
+    json_schema: Option<String>,
+    grammar: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
         main_gpu: 0,
         conversation: false,
         system: None,
+        json_schema: None,
+        grammar: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -88,6 +94,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--main-gpu" | "-mg" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
             "-sys" | "--system-prompt" => a.system = Some(value),
+            "-j" | "--json-schema" => a.json_schema = Some(value),
+            "-jf" | "--json-schema-file" => a.json_schema = Some(std::fs::read_to_string(&value).map_err(|e| bad(&e))?),
+            "--grammar-file" => a.grammar = Some(std::fs::read_to_string(&value).map_err(|e| bad(&e))?),
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
@@ -126,10 +135,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .main_gpu(args.main_gpu);
     let model = Model::load_with(&path, params)?;
     let mut ctx = model.new_context(ContextParams::default().n_ctx(2048))?;
+    let mut builder = Sampler::builder(&model);
+    if let Some(schema) = &args.json_schema {
+        let schema: serde_json::Value = serde_json::from_str(schema).map_err(|e| format!("--json-schema: {e}"))?;
+        builder = builder.json_schema(schema);
+    }
+    if let Some(gbnf) = &args.grammar {
+        builder = builder.grammar(gbnf, "root");
+    }
     let mut sampler = if args.temp <= 0.0 {
-        Sampler::greedy(&model)?
+        builder.greedy().build()?
     } else {
-        Sampler::builder(&model).top_k(40).top_p(0.95, 1).min_p(0.05, 1).temp(args.temp).dist(args.seed).build()?
+        builder.top_k(40).top_p(0.95, 1).min_p(0.05, 1).temp(args.temp).dist(args.seed).build()?
     };
 
     if args.conversation {
