@@ -4,11 +4,14 @@
     python3 scripts/server_check.py http://127.0.0.1:PORT
 
 Run by scripts/server-check, which starts the server (SmolLM2-135M-Instruct,
-`-np 4 -c 1024 -t 1`: 256 tokens per request). Exits non-zero, naming every failed
-check, when anything is wrong.
+`-np 4 -c 1024 -t 1 --embeddings`: 256 tokens per request, /v1/embeddings with
+mean pooling). Exits non-zero, naming every failed check, when anything is wrong.
 """
 
+import array
+import base64
 import json
+import math
 import sys
 import time
 import urllib.error
@@ -548,6 +551,88 @@ def _():
     ensure(status == 200, f"model {name!r}: {status} {body}")
     h = health()
     ensure(h["slots_idle"] == 4, f"{h}")
+
+
+CAT = "The cat sat on the mat."
+CAT2 = "A cat was sitting on the rug."
+REVENUE = "Quarterly revenue grew by four percent."
+
+
+def dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def vectors(r, n):
+    ensure(r.object == "list" and len(r.data) == n, f"{len(r.data)} vectors for {n} inputs: {r}")
+    ensure([d.index for d in r.data] == list(range(n)), f"indexes {[d.index for d in r.data]}")
+    ensure(all(d.object == "embedding" for d in r.data), f"objects {[d.object for d in r.data]}")
+    return [d.embedding for d in r.data]
+
+
+@check("embeddings: one string and a list; unit vectors of one length; alone or in a list, the same vector")
+def _():
+    one = client.embeddings.create(model=MODEL, input=CAT, encoding_format="float")
+    (alone,) = vectors(one, 1)
+    ensure(one.usage.prompt_tokens > 0 and one.usage.total_tokens == one.usage.prompt_tokens, f"usage {one.usage}")
+    r = client.embeddings.create(model=MODEL, input=[REVENUE, CAT, CAT2], encoding_format="float")
+    many = vectors(r, 3)
+    dim = models[0].model_extra["meta"]["embeddings"]["dim"]
+    ensure(all(len(v) == len(alone) == dim for v in many), f"lengths {[len(v) for v in many]}, {len(alone)}, {dim}")
+    norms = [math.sqrt(dot(v, v)) for v in many + [alone]]
+    ensure(all(abs(n - 1) < 1e-3 for n in norms), f"norms {norms}")
+    diff = max(abs(a - b) for a, b in zip(alone, many[1]))
+    ensure(diff < 1e-3, f"{CAT!r} alone and in a list differ by {diff}")
+    ensure(r.usage.prompt_tokens > one.usage.prompt_tokens, f"usage {r.usage} vs {one.usage}")
+    state["cat"] = alone
+    similar, unrelated = dot(many[1], many[2]), dot(many[1], many[0])
+    print(f"     {dim} dims, |alone - in list| {diff:.1e}; cosine: similar {similar:.3f}, unrelated {unrelated:.3f}")
+    ensure(similar > unrelated, f"cosine({CAT!r}, {CAT2!r}) = {similar} <= {unrelated} with {REVENUE!r}")
+
+
+@check("embeddings: base64 (the client's default) decodes to the same vector; token-id inputs")
+def _():
+    r = client.embeddings.create(model=MODEL, input=CAT, encoding_format="base64")
+    b64 = r.data[0].embedding
+    ensure(isinstance(b64, str), f"not a base64 string: {str(b64)[:80]}")
+    v = array.array("f", base64.b64decode(b64))  # little-endian hosts
+    ensure(len(v) == len(state["cat"]), f"{len(v)} floats")
+    diff = max(abs(a - b) for a, b in zip(v, state["cat"]))
+    ensure(diff < 1e-3, f"base64 vector differs by {diff}")
+    # The client asks for base64 when no format is given and decodes it itself.
+    (default,) = vectors(client.embeddings.create(model=MODEL, input=CAT), 1)
+    ensure(max(abs(a - b) for a, b in zip(default, state["cat"])) < 1e-3, "the default format's vector differs")
+    # Token ids: one list, or several.
+    status, body = raw("POST", "/v1/embeddings", {"model": MODEL, "input": [[1, 2, 3], [4, 5]]})
+    ensure(status == 200 and len(body["data"]) == 2 and body["usage"]["prompt_tokens"] == 5, f"{status} {body}")
+    status, body = raw("POST", "/v1/embeddings", {"model": MODEL, "input": [1, 2, 3]})
+    ensure(status == 200 and len(body["data"]) == 1, f"{status} {body}")
+
+
+@check("embeddings errors: empty input, too long, dimensions, unknown model; rerank not enabled (501)")
+def _():
+    for bad, says in [({"input": ""}, "empty"), ({"input": []}, "empty"), ({"input": ["a", ""]}, "input[1]")]:
+        status, body = raw("POST", "/v1/embeddings", {"model": MODEL, **bad})
+        ensure(status == 400 and says in body["error"]["message"], f"{bad}: {status} {body}")
+    try:
+        client.embeddings.create(model=MODEL, input=["short", "hello " * 3000], encoding_format="float")
+        raise CheckError("an input longer than the embedder's batch accepted")
+    except openai.BadRequestError as e:
+        ensure(e.code == "context_length_exceeded" and "input[1]" in e.message, f"{e}")
+    try:
+        client.embeddings.create(model=MODEL, input=CAT, dimensions=64)
+        raise CheckError("dimensions accepted")
+    except openai.BadRequestError as e:
+        ensure("not supported" in e.message, f"{e}")
+    try:
+        client.embeddings.create(model="no-such-model", input=CAT)
+        raise CheckError("unknown model accepted")
+    except openai.NotFoundError as e:
+        ensure(e.status_code == 404, f"{e}")
+    status, body = raw("POST", "/v1/embeddings", b'{"input": [')
+    ensure(status == 400, f"malformed JSON: {status} {body}")
+    status, body = raw("POST", "/v1/rerank", {"model": MODEL, "query": "q", "documents": ["a", "b"]})
+    ensure(status == 501 and "--reranking" in body["error"]["message"], f"rerank: {status} {body}")
+    ensure(health()["slots_idle"] == 4, "slots busy after the embeddings")
 
 
 if failures:

@@ -1,6 +1,9 @@
 //! The HTTP side: routes, handlers, and the server-sent event streams.
 
-use crate::openai::{self, ApiError, ChatBody, CompletionBody, Kind, LogprobsOut, Meta, ToolSupport, Usage};
+use crate::openai::{
+    self, ApiError, ChatBody, CompletionBody, EmbedInput, EmbeddingsBody, Kind, LogprobsOut, Meta, RerankBody,
+    ToolSupport, Usage,
+};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -8,12 +11,15 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use llama_rs::{Engine, Error, Event, Request, RequestHandle, Token, ToolCallFormat};
+use llama_rs::{
+    AddSpecial, Embedder, Engine, Error, Event, Model, ParseSpecial, Pooling, Request, RequestHandle, Token,
+    ToolCallFormat,
+};
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The server's state.
@@ -25,9 +31,83 @@ pub struct App {
     names: Vec<String>,
     /// The model's tool-call format and what its template reads.
     tools: ToolSupport,
+    /// `--embeddings`: the embedder of `/v1/embeddings`.
+    embed: Option<Arc<EmbedService>>,
+    /// `--reranking`: the rank-pooling embedder of `/v1/rerank`.
+    rerank: Option<Arc<EmbedService>>,
     started: u64,
     requests: AtomicU64,
     cancelled: AtomicU64,
+}
+
+/// An [`Embedder`] (its own context) for the async handlers: one request
+/// at a time uses it, on a blocking thread.
+pub struct EmbedService {
+    embedder: Mutex<Embedder<'static>>,
+    model: Arc<Model>,
+    pooling: Pooling,
+    /// Floats per vector (scores per input for rank pooling).
+    dim: usize,
+    /// The longest input in tokens.
+    max_tokens: usize,
+}
+
+impl EmbedService {
+    fn new(embedder: Embedder<'static>, model: Arc<Model>) -> EmbedService {
+        EmbedService {
+            pooling: embedder.pooling(),
+            dim: embedder.dim(),
+            max_tokens: embedder.max_tokens(),
+            embedder: Mutex::new(embedder),
+            model,
+        }
+    }
+
+    /// Runs `f` on a blocking thread: tokenizing and the model's decodes
+    /// would stall the async threads.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&EmbedService) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let service = self.clone();
+        tokio::task::spawn_blocking(move || f(&service))
+            .await
+            .map_err(|e| ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, format!("the embedder failed: {e}")))?
+    }
+
+    /// The embedder, once other requests are done with it (blocking).
+    fn embedder(&self) -> MutexGuard<'_, Embedder<'static>> {
+        // A panic in an earlier request leaves nothing half-done that
+        // matters: every decode starts from a cleared cache.
+        self.embedder.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn meta(&self) -> serde_json::Value {
+        json!({"pooling": self.pooling.name(), "dim": self.dim, "max_tokens": self.max_tokens})
+    }
+}
+
+/// An embedder's error as an answer: an input too long is the client's
+/// (`context_length_exceeded`), so is an invalid one.
+fn embed_error(e: Error, what: &str) -> ApiError {
+    match e {
+        Error::InputTooLong { index, n_tokens, limit } => ApiError::invalid(format!(
+            "{what}[{index}] has {n_tokens} tokens, more than the {limit} this server embeds at once"
+        ))
+        .code("context_length_exceeded"),
+        Error::InvalidParam { .. } | Error::Tokenize { .. } => ApiError::invalid(e.to_string()),
+        e => ApiError::server(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// The answer of an endpoint the server was not started for.
+fn not_enabled(what: &str, flag: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_IMPLEMENTED,
+        message: format!("this server does not serve {what}: start it with {flag}"),
+        kind: "not_supported_error",
+        code: None,
+    }
 }
 
 fn now() -> u64 {
@@ -41,10 +121,20 @@ impl App {
             model_id,
             names,
             tools,
+            embed: None,
+            rerank: None,
             started: now(),
             requests: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
         }
+    }
+
+    /// Serves `/v1/embeddings` and `/v1/rerank` with these embedders.
+    pub fn with_embedders(mut self, embed: Option<Embedder<'static>>, rerank: Option<Embedder<'static>>) -> App {
+        let model = self.engine.model().clone();
+        self.embed = embed.map(|e| Arc::new(EmbedService::new(e, model.clone())));
+        self.rerank = rerank.map(|e| Arc::new(EmbedService::new(e, model)));
+        self
     }
 
     /// A missing or empty `model` is the served one; another name is a 404.
@@ -71,6 +161,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/rerank", post(rerank))
+        .route("/rerank", post(rerank))
         .fallback(|| async { ApiError { status: StatusCode::NOT_FOUND, ..ApiError::invalid("no such endpoint") } })
         .with_state(app)
 }
@@ -109,6 +203,8 @@ async fn models(State(app): State<Arc<App>>) -> Json<serde_json::Value> {
                 "n_ctx": e.n_ctx(),
                 "n_slots": e.n_slots(),
                 "n_ctx_per_request": e.n_ctx_per_request(),
+                "embeddings": app.embed.as_ref().map(|s| s.meta()),
+                "rerank": app.rerank.as_ref().map(|s| s.meta()),
             },
         }],
     }))
@@ -126,6 +222,86 @@ async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Result<Respons
     app.check_model(body.common.model.as_deref())?;
     let (request, logprobs) = body.request()?;
     run(app, Kind::Completion, request, logprobs, body.common.stream(), body.common.include_usage()).await
+}
+
+/// `POST /v1/embeddings`: L2-normalized vectors, as floats or base64.
+async fn embeddings(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let service = app.embed.clone().ok_or_else(|| not_enabled("embeddings", "--embeddings"))?;
+    let body: EmbeddingsBody = openai::parse(&body)?;
+    app.check_model(body.model.as_deref())?;
+    let encoding = body.encoding()?;
+    body.check_dimensions(service.dim)?;
+    let inputs = body.inputs()?;
+    let (vectors, n_tokens) = service
+        .run(move |s| {
+            let tokens = embed_tokens(&s.model, inputs, s.max_tokens)?;
+            let n_tokens = tokens.iter().map(Vec::len).sum::<usize>();
+            Ok((s.embedder().embed_tokens(&tokens).map_err(|e| embed_error(e, "input"))?, n_tokens))
+        })
+        .await?;
+    let n = app.requests.fetch_add(1, Ordering::Relaxed);
+    tracing::info!("embd-{n}: {} inputs, {n_tokens} tokens", vectors.len());
+    Ok(Json(openai::embeddings_response(&app.model_id, &vectors, encoding, n_tokens)).into_response())
+}
+
+/// The tokens of each input: texts with the model's BOS/EOS (special-token
+/// text kept as text, as [`Embedder::embed`] does), token ids as given once
+/// checked against the vocabulary; none longer than `limit`.
+fn embed_tokens(model: &Model, inputs: Vec<EmbedInput>, limit: usize) -> Result<Vec<Vec<Token>>, ApiError> {
+    let vocab = model.vocab();
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| {
+            let tokens = match input {
+                EmbedInput::Text(t) => vocab
+                    .tokenize(&t, AddSpecial::Yes, ParseSpecial::No)
+                    .map_err(|e| ApiError::invalid(format!("input[{i}]: {e}")))?,
+                EmbedInput::Tokens(ids) => {
+                    if let Some(&bad) = ids.iter().find(|&&t| t >= vocab.n_tokens()) {
+                        return Err(ApiError::invalid(format!(
+                            "input[{i}]: token id {bad} is not in the vocabulary (0..{})",
+                            vocab.n_tokens()
+                        )));
+                    }
+                    ids.into_iter().map(Token).collect()
+                }
+            };
+            if tokens.len() > limit {
+                return Err(ApiError::invalid(format!(
+                    "input[{i}] has {} tokens, more than the {limit} this server embeds at once",
+                    tokens.len()
+                ))
+                .code("context_length_exceeded"));
+            }
+            Ok(tokens)
+        })
+        .collect()
+}
+
+/// `POST /v1/rerank`: each document's relevance to the query, most relevant
+/// first. `usage` counts the query's and documents' text tokens (the pair's
+/// special tokens or rerank template are not counted: the library does not
+/// report them).
+async fn rerank(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let service = app.rerank.clone().ok_or_else(|| not_enabled("reranking", "--reranking (and a reranking model)"))?;
+    let body: RerankBody = openai::parse(&body)?;
+    app.check_model(body.model.as_deref())?;
+    let (query, documents) = body.texts()?;
+    let (scores, documents, n_tokens) = service
+        .run(move |s| {
+            let vocab = s.model.vocab();
+            let count = |t: &str| vocab.tokenize(t, AddSpecial::No, ParseSpecial::No).map_or(0, |v| v.len());
+            let q = count(&query);
+            let n_tokens = documents.iter().map(|d| q + count(d)).sum::<usize>();
+            let scores = s.embedder().rerank(&query, &documents).map_err(|e| embed_error(e, "documents"))?;
+            Ok((scores, documents, n_tokens))
+        })
+        .await?;
+    let n = app.requests.fetch_add(1, Ordering::Relaxed);
+    tracing::info!("rerank-{n}: {} documents, {n_tokens} tokens", scores.len());
+    let docs = body.return_documents.unwrap_or(false).then_some(documents.as_slice());
+    Ok(Json(openai::rerank_response(&app.model_id, &scores, docs, body.top_n, n_tokens)).into_response())
 }
 
 /// Submits (tokenizing off the async threads) and answers whole or streamed.

@@ -4,12 +4,15 @@
 //! ```text
 //! cargo run --release --example server -- -m model.gguf [--host 127.0.0.1] [--port 8080]
 //!     [-c N] [-np N] [-ngl N] [-sm none|layer|row|tensor] [-ts 3,1] [-mg I] [-a NAME] [-t N] [-b N]
-//!     [--tool-format hermes|llama3|mistral]
+//!     [--tool-format hermes|llama3|mistral] [--embeddings] [--pooling mean|cls|last] [--reranking]
 //! ```
 //!
 //! Endpoints: `POST /v1/chat/completions` and `POST /v1/completions` (with
 //! `"stream": true`, server-sent events ending with `data: [DONE]`),
-//! `GET /v1/models`, `GET /health` (slots in use, requests queued).
+//! `GET /v1/models`, `GET /health` (slots in use, requests queued); with
+//! `--embeddings`, `POST /v1/embeddings` (OpenAI's), with `--reranking`,
+//! `POST /v1/rerank` (llama-server's, Jina/Cohere-compatible), each on an
+//! [`Embedder`](llama_rs::Embedder) with a context of its own.
 //!
 //! Beyond llama-server: every choice (and every stream chunk) carries the
 //! generated token ids (`token_ids`), a request can stop on token ids
@@ -25,7 +28,10 @@
 mod api;
 mod openai;
 
-use llama_rs::{ChatTemplate, ContextParams, Engine, EngineParams, Model, ModelParams, SplitMode, ToolCallFormat};
+use llama_rs::{
+    ChatTemplate, ContextParams, EmbedParams, Embedder, Engine, EngineParams, Model, ModelParams, Pooling, SplitMode,
+    ToolCallFormat,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -46,6 +52,11 @@ const USAGE: &str = "usage: server -m PATH [options]
   -mg, --main-gpu I          GPU for split mode none (default 0)
        --tool-format FORMAT  hermes|llama3|mistral: how the model writes tool calls
                              (default: from its chat template; needed for tools when it shows none)
+       --embeddings          serve POST /v1/embeddings (also --embedding), on a context of its own
+       --pooling TYPE        none|mean|cls|last|rank: the embeddings' pooling (default: the model's;
+                             mean for a model that names none, as generative models do)
+       --reranking           serve POST /v1/rerank (also --rerank): needs a reranking model
+                             (a classifier head, rank pooling)
   -h,  --help                this text
 
 Logs go to stderr (RUST_LOG, default `warn,server=info`). Once bound, prints
@@ -65,6 +76,9 @@ struct Args {
     tensor_split: Vec<f32>,
     main_gpu: usize,
     tool_format: Option<ToolCallFormat>,
+    embeddings: bool,
+    reranking: bool,
+    pooling: Option<Pooling>,
 }
 
 /// `--tool-format`'s value.
@@ -94,6 +108,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
         tensor_split: Vec::new(),
         main_gpu: 0,
         tool_format: None,
+        embeddings: false,
+        reranking: false,
+        pooling: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -105,6 +122,19 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg, None),
         };
+        // Switches: no value.
+        let switch = match flag.as_str() {
+            "--embeddings" | "--embedding" => Some(&mut a.embeddings),
+            "--reranking" | "--rerank" => Some(&mut a.reranking),
+            _ => None,
+        };
+        if let Some(on) = switch {
+            if inline.is_some() {
+                return Err(Some(format!("{flag} takes no value")));
+            }
+            *on = true;
+            continue;
+        }
         let known = [
             "-m",
             "--model",
@@ -130,6 +160,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
             "-mg",
             "--main-gpu",
             "--tool-format",
+            "--pooling",
         ];
         if !known.contains(&flag.as_str()) {
             return Err(Some(format!("unknown argument {flag}")));
@@ -171,11 +202,95 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
             }
             "-mg" | "--main-gpu" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
             "--tool-format" => a.tool_format = Some(parse_tool_format(&value).map_err(|e| bad(&e))?),
+            "--pooling" => {
+                let p: Pooling = value.parse().map_err(|_| bad(&"expected none, mean, cls, last or rank"))?;
+                a.pooling = Some(p);
+            }
             _ => unreachable!("every known flag is matched"),
         }
     }
     a.model = model.ok_or_else(|| Some("-m/--model is required".to_string()))?;
     Ok(a)
+}
+
+/// The pooling `/v1/embeddings` uses and where it comes from (for the log):
+/// `--pooling`, else the model's, else mean (generative models name none).
+fn embed_pooling(asked: Option<Pooling>, model: Option<Pooling>) -> Result<(Pooling, &'static str), String> {
+    const CHOOSE: &str = "give --pooling mean, cls or last for /v1/embeddings";
+    match (asked, model) {
+        (Some(Pooling::None), _) => {
+            Err(format!("--pooling none gives one row per token, not one vector per input: {CHOOSE}"))
+        }
+        (Some(Pooling::Rank), _) => Err(format!(
+            "--pooling rank scores query-document pairs, it does not embed texts: serve those with --reranking, and \
+             {CHOOSE}"
+        )),
+        (Some(p), _) => Ok((p, "--pooling")),
+        (None, Some(Pooling::Rank)) => Err(format!(
+            "--embeddings: the model pools with its classifier head (rank pooling), it is a reranker: serve it with \
+             --reranking, or {CHOOSE}"
+        )),
+        (None, Some(Pooling::None) | None) => Ok((Pooling::Mean, "the model names none")),
+        (None, Some(p)) => Ok((p, "the model's")),
+    }
+}
+
+/// Whether `/v1/rerank` can be served: rank pooling needs a classifier head,
+/// and `--pooling` (without `--embeddings`) must not ask for another pooling.
+fn check_reranking(asked: Option<Pooling>, embeddings: bool, has_classifier: bool, model: &str) -> Result<(), String> {
+    if let Some(p) = asked.filter(|&p| p != Pooling::Rank && !embeddings) {
+        return Err(format!(
+            "--reranking uses rank pooling, not --pooling {p} (--pooling sets the pooling of --embeddings)"
+        ));
+    }
+    if !has_classifier {
+        return Err(format!(
+            "--reranking needs a reranking model: {model} has no classifier head (cls.weight or cls.output.weight), \
+             which rank pooling scores query-document pairs with; serve a reranker, or drop --reranking"
+        ));
+    }
+    Ok(())
+}
+
+/// An embedder's parameters: `-b` tokens per decode (default 2048, also the
+/// longest input; at most the model's training length `n_ctx_train`), at
+/// most 16 inputs per decode, `-t` threads.
+fn embed_params(args: &Args, pooling: Pooling, n_ctx_train: u32) -> EmbedParams {
+    let mut tokens = args.batch.unwrap_or(2048).max(1);
+    if n_ctx_train > 0 {
+        tokens = tokens.min(n_ctx_train);
+    }
+    let mut p = EmbedParams::default().pooling(pooling).batch_tokens(tokens).max_sequences(tokens.min(16));
+    if let Some(n) = args.threads {
+        p = p.threads(n);
+    }
+    p
+}
+
+/// An embedder next to the engine, logged.
+fn new_embedder(
+    args: &Args,
+    model: &Arc<Model>,
+    pooling: Pooling,
+    what: &str,
+    source: &str,
+) -> Result<Embedder<'static>, String> {
+    let params = embed_params(args, pooling, model.n_ctx_train());
+    let e = Embedder::new_owned(model, params).map_err(|e| format!("{what}: {e}"))?;
+    let ctx = e.context();
+    let output = if pooling == Pooling::Rank {
+        format!("one relevance score per pair (the first of the classifier's {} outputs)", e.dim())
+    } else {
+        format!("{}-float L2-normalized vectors", e.dim())
+    };
+    tracing::info!(
+        "{what}: {pooling} pooling ({source}), {output}, inputs of up to {} tokens; an embedder context of its own \
+         ({} tokens, {} inputs per decode) next to the engine's",
+        e.max_tokens(),
+        ctx.n_ctx(),
+        ctx.n_seq_max()
+    );
+    Ok(e)
 }
 
 fn main() -> ExitCode {
@@ -212,7 +327,15 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .split_mode(args.split_mode)
         .tensor_split(&args.tensor_split)
         .main_gpu(args.main_gpu);
-    let model = Model::load_with(&args.model, params)?;
+    let model = Arc::new(Model::load_with(&args.model, params)?);
+    // Embeddings and reranking: refused before the engine starts.
+    let embed_with = if args.embeddings { Some(embed_pooling(args.pooling, model.pooling())?) } else { None };
+    if args.reranking {
+        check_reranking(args.pooling, args.embeddings, model.has_classifier(), &model.description())?;
+    }
+    if args.pooling.is_some() && !args.embeddings && !args.reranking {
+        tracing::warn!("--pooling is used with --embeddings or --reranking only: ignored");
+    }
     let mut ctx = ContextParams::default();
     if let Some(n) = args.ctx_size {
         ctx = ctx.n_ctx(if n == 0 { model.n_ctx_train() } else { n });
@@ -223,7 +346,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(n) = args.threads {
         ctx = ctx.threads(n);
     }
-    let engine = Engine::new(Arc::new(model), EngineParams::default().n_slots(args.parallel).context(ctx))?;
+    let engine = Engine::new(model.clone(), EngineParams::default().n_slots(args.parallel).context(ctx))?;
     let file_name = args.model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let model_id = args.alias.clone().unwrap_or_else(|| file_name.clone());
     // Names a request's `model` may use: the alias, the file name (with or
@@ -253,7 +376,16 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let tools = openai::ToolSupport::new(template.as_deref(), tool_format);
-    let app = Arc::new(api::App::new(engine, model_id, names, tools));
+    let embed = match embed_with {
+        Some((pooling, source)) => Some(new_embedder(&args, &model, pooling, "embeddings", source)?),
+        None => None,
+    };
+    let rerank = if args.reranking {
+        Some(new_embedder(&args, &model, Pooling::Rank, "reranking", "the model's classifier head")?)
+    } else {
+        None
+    };
+    let app = Arc::new(api::App::new(engine, model_id, names, tools).with_embedders(embed, rerank));
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -324,5 +456,40 @@ mod tests {
         assert_eq!(parse(&["-m", "x", "--tool-format", "hermes"]).unwrap().tool_format, Some(ToolCallFormat::Hermes));
         assert_eq!(parse(&["-m", "x", "--tool-format=Mistral"]).unwrap().tool_format, Some(ToolCallFormat::Mistral));
         assert!(matches!(parse(&["-m", "x", "--tool-format", "xml"]), Err(Some(_))));
+        // Embeddings and reranking: switches (llama-server's names and aliases) and the pooling.
+        let a = parse(&["-m", "x"]).unwrap();
+        assert_eq!((a.embeddings, a.reranking, a.pooling), (false, false, None));
+        let a = parse(&["--embeddings", "-m", "x", "--pooling", "cls", "--reranking"]).unwrap();
+        assert_eq!((a.embeddings, a.reranking, a.pooling), (true, true, Some(Pooling::Cls)));
+        let a = parse(&["-m", "x", "--embedding", "--rerank", "--pooling=rank"]).unwrap();
+        assert_eq!((a.embeddings, a.reranking, a.pooling), (true, true, Some(Pooling::Rank)));
+        assert!(matches!(parse(&["-m", "x", "--pooling", "max"]), Err(Some(_))));
+        assert!(matches!(parse(&["-m", "x", "--pooling"]), Err(Some(_))));
+        assert!(matches!(parse(&["-m", "x", "--embeddings=yes"]), Err(Some(_))));
+    }
+
+    #[test]
+    fn embeddings_pooling() {
+        // A generative model names none: mean, and the log says why.
+        assert_eq!(embed_pooling(None, None), Ok((Pooling::Mean, "the model names none")));
+        assert_eq!(embed_pooling(None, Some(Pooling::Cls)), Ok((Pooling::Cls, "the model's")));
+        assert_eq!(embed_pooling(Some(Pooling::Last), Some(Pooling::Cls)), Ok((Pooling::Last, "--pooling")));
+        assert!(embed_pooling(Some(Pooling::None), None).unwrap_err().contains("mean, cls or last"));
+        assert!(embed_pooling(Some(Pooling::Rank), None).unwrap_err().contains("--reranking"));
+        // A reranker's own pooling: serve it with --reranking, or choose one.
+        assert!(embed_pooling(None, Some(Pooling::Rank)).unwrap_err().contains("--reranking"));
+        assert_eq!(embed_pooling(Some(Pooling::Mean), Some(Pooling::Rank)), Ok((Pooling::Mean, "--pooling")));
+    }
+
+    #[test]
+    fn reranking_needs_a_classifier() {
+        // The test model (SmolLM2, generative) has no classifier head.
+        let e = check_reranking(None, false, false, "llama 135M Q4_1").unwrap_err();
+        assert!(e.contains("--reranking needs a reranking model") && e.contains("no classifier head"), "{e}");
+        assert_eq!(check_reranking(None, false, true, "m"), Ok(()));
+        assert_eq!(check_reranking(Some(Pooling::Rank), false, true, "m"), Ok(()));
+        assert!(check_reranking(Some(Pooling::Mean), false, true, "m").unwrap_err().contains("rank pooling"));
+        // With --embeddings, --pooling is the embeddings'.
+        assert_eq!(check_reranking(Some(Pooling::Mean), true, true, "m"), Ok(()));
     }
 }

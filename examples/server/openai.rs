@@ -874,6 +874,235 @@ impl Meta {
     }
 }
 
+/// Most inputs one embeddings request may carry (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// `POST /v1/embeddings`: `{"model", "input", "encoding_format", "dimensions", "user"}`.
+#[derive(Deserialize)]
+pub struct EmbeddingsBody {
+    pub model: Option<String>,
+    /// A string, a list of strings, a list of token ids, or a list of those.
+    pub input: Option<Value>,
+    /// `"float"` (the default) or `"base64"` (little-endian f32s).
+    pub encoding_format: Option<String>,
+    pub dimensions: Option<Value>,
+}
+
+/// One input to embed: a text, or token ids used as given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<i32>),
+}
+
+/// How the vectors are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Float,
+    Base64,
+}
+
+/// A list of token ids (`Ok(None)`: not a list of numbers).
+fn token_list(items: &[Value], field: &str) -> Result<Option<Vec<i32>>, ApiError> {
+    if !items.iter().all(Value::is_number) {
+        return Ok(None);
+    }
+    items
+        .iter()
+        .map(|v| {
+            v.as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .filter(|&n| n >= 0)
+                .ok_or_else(|| ApiError::invalid(format!("{field}: {v} is not a token id")))
+        })
+        .collect::<Result<Vec<i32>, _>>()
+        .map(Some)
+}
+
+impl EmbeddingsBody {
+    /// The inputs, in order: a string, a list of token ids, or a list of
+    /// strings and token-id lists; nothing empty.
+    pub fn inputs(&self) -> Result<Vec<EmbedInput>, ApiError> {
+        let expected = "a string, a list of strings, a list of token ids, or a list of token-id lists";
+        let list = match &self.input {
+            None | Some(Value::Null) => return Err(ApiError::invalid(format!("input is required: {expected}"))),
+            Some(Value::String(s)) if s.is_empty() => return Err(ApiError::invalid("input is an empty string")),
+            Some(Value::String(s)) => return Ok(vec![EmbedInput::Text(s.clone())]),
+            Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::invalid("input is an empty list")),
+            Some(Value::Array(a)) => a,
+            Some(v) => return Err(ApiError::invalid(format!("input: expected {expected}, not {v}"))),
+        };
+        if let Some(tokens) = token_list(list, "input")? {
+            return Ok(vec![EmbedInput::Tokens(tokens)]);
+        }
+        if list.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::invalid(format!(
+                "input has {} items: at most {MAX_EMBEDDING_INPUTS} per request",
+                list.len()
+            )));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) if s.is_empty() => Err(ApiError::invalid(format!("input[{i}] is an empty string"))),
+                Value::String(s) => Ok(EmbedInput::Text(s.clone())),
+                Value::Array(a) if a.is_empty() => Err(ApiError::invalid(format!("input[{i}] is an empty list"))),
+                Value::Array(a) => match token_list(a, &format!("input[{i}]"))? {
+                    Some(tokens) => Ok(EmbedInput::Tokens(tokens)),
+                    None => Err(ApiError::invalid(format!("input[{i}]: a list must hold token ids only"))),
+                },
+                v => Err(ApiError::invalid(format!("input[{i}]: expected a string or a list of token ids, not {v}"))),
+            })
+            .collect()
+    }
+
+    pub fn encoding(&self) -> Result<Encoding, ApiError> {
+        match self.encoding_format.as_deref() {
+            None | Some("float") => Ok(Encoding::Float),
+            Some("base64") => Ok(Encoding::Base64),
+            Some(other) => {
+                Err(ApiError::invalid(format!("encoding_format '{other}' is not supported: \"float\" or \"base64\"")))
+            }
+        }
+    }
+
+    /// `dimensions` (shortening the vectors) is not supported; the model's
+    /// own width is accepted.
+    pub fn check_dimensions(&self, dim: usize) -> Result<(), ApiError> {
+        match &self.dimensions {
+            None | Some(Value::Null) => Ok(()),
+            Some(v) if v.as_u64() == Some(dim as u64) => Ok(()),
+            Some(v) => Err(ApiError::invalid(format!(
+                "dimensions = {v}: shortening embeddings is not supported; this model's have {dim} dimensions \
+                 (leave dimensions out)"
+            ))
+            .code("unsupported_parameter")),
+        }
+    }
+}
+
+/// Standard base64 (with padding) of `bytes`.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A vector as OpenAI's base64: its little-endian f32s.
+pub fn base64_f32(v: &[f32]) -> String {
+    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64(&bytes)
+}
+
+/// `{"prompt_tokens", "total_tokens"}` of an embeddings or rerank request.
+fn input_usage(prompt_tokens: usize) -> Value {
+    json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens})
+}
+
+/// The embeddings response: `{"object": "list", "data": [{"object":
+/// "embedding", "index", "embedding"}], "model", "usage"}`.
+pub fn embeddings_response(model: &str, vectors: &[Vec<f32>], encoding: Encoding, prompt_tokens: usize) -> Value {
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = match encoding {
+                Encoding::Float => json!(v),
+                Encoding::Base64 => json!(base64_f32(v)),
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({"object": "list", "data": data, "model": model, "usage": input_usage(prompt_tokens)})
+}
+
+/// `POST /v1/rerank` (llama-server's, Jina/Cohere-compatible):
+/// `{"model", "query", "documents", "top_n", "return_documents"}`.
+#[derive(Deserialize)]
+pub struct RerankBody {
+    pub model: Option<String>,
+    pub query: Option<String>,
+    /// Strings, or Cohere's `{"text": ...}` objects.
+    pub documents: Option<Vec<Value>>,
+    pub top_n: Option<usize>,
+    /// Jina/Cohere: each result carries its `document` (`{"text"}`).
+    pub return_documents: Option<bool>,
+}
+
+impl RerankBody {
+    /// The query and the documents' texts.
+    pub fn texts(&self) -> Result<(String, Vec<String>), ApiError> {
+        let query = self.query.clone().ok_or_else(|| ApiError::invalid("query is required: a string"))?;
+        let documents = match &self.documents {
+            None => return Err(ApiError::invalid("documents is required: a list of strings")),
+            Some(d) if d.is_empty() => return Err(ApiError::invalid("documents is an empty list")),
+            Some(d) => d,
+        };
+        if documents.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ApiError::invalid(format!(
+                "documents has {} items: at most {MAX_EMBEDDING_INPUTS} per request",
+                documents.len()
+            )));
+        }
+        let texts = documents
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Value::String(s) => Ok(s.clone()),
+                Value::Object(o) => match o.get("text") {
+                    Some(Value::String(s)) => Ok(s.clone()),
+                    _ => Err(ApiError::invalid(format!("documents[{i}]: an object needs a \"text\" string"))),
+                },
+                v => Err(ApiError::invalid(format!("documents[{i}]: expected a string, not {v}"))),
+            })
+            .collect::<Result<_, _>>()?;
+        if self.top_n == Some(0) {
+            return Err(ApiError::invalid("top_n must be at least 1"));
+        }
+        Ok((query, texts))
+    }
+}
+
+/// The rerank response: results sorted by score, highest first (ties in
+/// document order, NaN last), cut to `top_n`; `documents` given (for
+/// `return_documents`), each result carries its text.
+pub fn rerank_response(
+    model: &str,
+    scores: &[f32],
+    documents: Option<&[String]>,
+    top_n: Option<usize>,
+    prompt_tokens: usize,
+) -> Value {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (x, y) = (scores[a], scores[b]);
+        x.is_nan().cmp(&y.is_nan()).then(y.total_cmp(&x)).then(a.cmp(&b))
+    });
+    order.truncate(top_n.unwrap_or(usize::MAX));
+    let results: Vec<Value> = order
+        .into_iter()
+        .map(|i| {
+            let mut r = json!({"index": i, "relevance_score": scores[i]});
+            if let Some(text) = documents.and_then(|d| d.get(i)) {
+                r["document"] = json!({"text": text});
+            }
+            r
+        })
+        .collect();
+    json!({"model": model, "object": "list", "results": results, "usage": input_usage(prompt_tokens)})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,5 +1214,96 @@ mod tests {
         assert_ne!(a, new_call_id(ToolCallFormat::Hermes));
         let m = new_call_id(ToolCallFormat::Mistral);
         assert!(m.len() == 9 && m.chars().all(|c| c.is_ascii_alphanumeric()), "{m}");
+    }
+
+    #[test]
+    fn embeddings_inputs() {
+        let body = |input: Value| serde_json::from_value::<EmbeddingsBody>(json!({"input": input})).unwrap();
+        let text = |s: &str| EmbedInput::Text(s.into());
+        assert_eq!(body(json!("a b")).inputs().unwrap(), [text("a b")]);
+        assert_eq!(body(json!(["a", "b"])).inputs().unwrap(), [text("a"), text("b")]);
+        assert_eq!(body(json!([1, 2, 3])).inputs().unwrap(), [EmbedInput::Tokens(vec![1, 2, 3])]);
+        assert_eq!(body(json!([[1, 2], "c"])).inputs().unwrap(), [EmbedInput::Tokens(vec![1, 2]), text("c")]);
+        for (bad, says) in [
+            (json!(""), "empty string"),
+            (json!([]), "empty list"),
+            (json!(null), "required"),
+            (json!(["a", ""]), "input[1] is an empty string"),
+            (json!([[1], []]), "input[1] is an empty list"),
+            (json!([1, -2]), "-2 is not a token id"),
+            (json!([1.5]), "1.5 is not a token id"),
+            (json!([[1, "a"]]), "input[0]"),
+            (json!(["a", 3]), "input[1]"),
+            (json!({"text": "a"}), "expected"),
+        ] {
+            let e = body(bad.clone()).inputs().unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(says), "{bad}: {}", e.message);
+        }
+        let many = Value::Array(vec![json!("a"); MAX_EMBEDDING_INPUTS + 1]);
+        assert!(body(many).inputs().is_err());
+        let b: EmbeddingsBody = serde_json::from_value(json!({"input": "a", "encoding_format": "base64"})).unwrap();
+        assert_eq!(b.encoding().unwrap(), Encoding::Base64);
+        let b: EmbeddingsBody = serde_json::from_value(json!({"input": "a", "encoding_format": "int8"})).unwrap();
+        assert!(b.encoding().is_err());
+        let b: EmbeddingsBody = serde_json::from_value(json!({"input": "a", "dimensions": 64})).unwrap();
+        assert!(b.check_dimensions(576).unwrap_err().message.contains("not supported"));
+        assert!(b.check_dimensions(64).is_ok());
+    }
+
+    #[test]
+    fn base64_of_floats() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        // 1.0f32 little-endian: 00 00 80 3f.
+        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
+        let r = embeddings_response("m", &[vec![1.0], vec![0.5]], Encoding::Base64, 7);
+        assert_eq!(r["data"][1]["embedding"], "AAAAPw==");
+        assert_eq!((r["object"].as_str(), r["data"][1]["index"].as_u64()), (Some("list"), Some(1)));
+        assert_eq!(r["usage"], json!({"prompt_tokens": 7, "total_tokens": 7}));
+        let r = embeddings_response("m", &[vec![0.25, -1.0]], Encoding::Float, 3);
+        assert_eq!(r["data"][0], json!({"object": "embedding", "index": 0, "embedding": [0.25, -1.0]}));
+    }
+
+    #[test]
+    fn rerank_results_sorted_and_cut() {
+        let scores = [0.1, 0.9, -2.0, 0.5, 0.9];
+        let r = rerank_response("m", &scores, None, None, 40);
+        let order: Vec<u64> = r["results"].as_array().unwrap().iter().map(|x| x["index"].as_u64().unwrap()).collect();
+        // Highest first; the tie (1 and 4) in document order.
+        assert_eq!(order, [1, 4, 3, 0, 2]);
+        assert_eq!(r["results"][0]["relevance_score"].as_f64(), Some(0.9f32 as f64));
+        assert_eq!((r["object"].as_str(), r["model"].as_str()), (Some("list"), Some("m")));
+        assert_eq!(r["usage"]["total_tokens"], 40);
+        assert!(r["results"][0].get("document").is_none());
+        let docs: Vec<String> = ["a", "b", "c", "d", "e"].map(String::from).to_vec();
+        let r = rerank_response("m", &scores, Some(&docs), Some(2), 40);
+        assert_eq!(
+            r["results"],
+            json!([
+                {"index": 1, "relevance_score": 0.9f32, "document": {"text": "b"}},
+                {"index": 4, "relevance_score": 0.9f32, "document": {"text": "e"}},
+            ])
+        );
+        // top_n beyond the documents: all of them; NaN sorts last.
+        let r = rerank_response("m", &[f32::NAN, 1.0], None, Some(10), 0);
+        assert_eq!(r["results"].as_array().unwrap().len(), 2);
+        assert_eq!(r["results"][0]["index"], 1);
+
+        let body = |v: Value| serde_json::from_value::<RerankBody>(v).unwrap();
+        let (q, d) = body(json!({"query": "q", "documents": ["x", {"text": "y"}], "top_n": 1})).texts().unwrap();
+        assert_eq!((q.as_str(), d), ("q", vec!["x".to_string(), "y".to_string()]));
+        for bad in [
+            json!({"documents": ["x"]}),
+            json!({"query": "q"}),
+            json!({"query": "q", "documents": []}),
+            json!({"query": "q", "documents": [3]}),
+            json!({"query": "q", "documents": ["x"], "top_n": 0}),
+        ] {
+            assert_eq!(body(bad).texts().unwrap_err().status, StatusCode::BAD_REQUEST);
+        }
     }
 }
