@@ -352,3 +352,31 @@ fn strip_path(e: Error) -> String {
         other => other.to_string(),
     }
 }
+
+/// Checks a set of adapters for `model` as [`Context::set_lora`](crate::Context::set_lora)
+/// takes it: each loaded for `model`, each scale finite, no adapter twice.
+pub(crate) fn check_set<'a, 'm: 'a>(
+    model: &Model,
+    adapters: impl Iterator<Item = (&'a LoraAdapter<'m>, f32)> + Clone,
+) -> Result<()> {
+    for (i, (adapter, scale)) in adapters.clone().enumerate() {
+        if !std::ptr::eq(adapter.model(), model) {
+            return Err(Error::invalid(
+                "LoRA adapter",
+                adapter.path().display(),
+                "was loaded for another model: load it for this context's model",
+            ));
+        }
+        if !scale.is_finite() {
+            return Err(Error::invalid("LoRA scale", scale, format!("adapter {i}: scales must be finite")));
+        }
+        if adapters.clone().take(i).any(|(a, _)| a.same(adapter)) {
+            return Err(Error::invalid(
+                "LoRA adapter",
+                adapter.path().display(),
+                format!("listed twice (at {i}): give each adapter once, with the sum of its scales"),
+            ));
+        }
+    }
+    Ok(())
+}

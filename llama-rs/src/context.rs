@@ -1124,24 +1124,8 @@ impl<'m> Context<'m> {
     pub fn set_lora(&mut self, adapters: &[(&LoraAdapter<'m>, f32)]) -> Result<()> {
         let mut set: Vec<(LoraAdapter<'m>, f32)> =
             try_with_capacity(adapters.len(), "the LoRA set", adapters.len() * std::mem::size_of::<(usize, f32)>())?;
-        for (i, &(adapter, scale)) in adapters.iter().enumerate() {
-            if !std::ptr::eq(adapter.model(), &*self.model) {
-                return Err(Error::invalid(
-                    "LoRA adapter",
-                    adapter.path().display(),
-                    "was loaded for another model: load it for this context's model",
-                ));
-            }
-            if !scale.is_finite() {
-                return Err(Error::invalid("LoRA scale", scale, format!("adapter {i}: scales must be finite")));
-            }
-            if adapters[..i].iter().any(|(a, _)| a.same(adapter)) {
-                return Err(Error::invalid(
-                    "LoRA adapter",
-                    adapter.path().display(),
-                    format!("listed twice (at {i}): give each adapter once, with the sum of its scales"),
-                ));
-            }
+        crate::adapter::check_set(&self.model, adapters.iter().copied())?;
+        for &(adapter, scale) in adapters {
             // llama.cpp leaves zero scales out (`llama-context.cpp`
             // set_adapters_lora); so does the kept set, for the comparison.
             if scale != 0.0 {

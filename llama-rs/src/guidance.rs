@@ -108,19 +108,21 @@ fn tool_call_grammar(model: &Model, format: ToolCallFormat, tools: &[Tool], requ
         ToolCallFormat::Hermes => {
             let ws = "/[ \\n]*/";
             let call = format!("call: {ws} %json {} {ws} \"</tool_call>\"\n", one_of("arguments"));
-            match (special("<tool_call>"), required) {
+            let open = format.triggers()[0];
+            match (special(open), required) {
                 (Some(t), false) => g.push_str(&format!("start: TEXT? (<[{}]> call TEXT?)*\nTEXT: /(.|\\n)+/\n", t.0)),
                 (Some(t), true) => g.push_str(&format!("start: (<[{}]> call {ws})+\n", t.0)),
-                (None, false) => {
-                    g.push_str("start: (call_hd call)* TEXT\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT \"<tool_call>\"\n")
-                }
-                (None, true) => g.push_str(&format!("start: (\"<tool_call>\" call {ws})+\n")),
+                (None, false) => g.push_str(&format!(
+                    "start: (call_hd call)* TEXT\nTEXT: /(.|\\n)*/\ncall_hd[lazy]: TEXT {}\n",
+                    lark_str(open)
+                )),
+                (None, true) => g.push_str(&format!("start: ({} call {ws})+\n", lark_str(open))),
             }
             g.push_str(&call);
         }
         ToolCallFormat::Llama3 => {
             let calls = format!("calls: %json {} (\"; \" %json {})*\n", one_of("parameters"), one_of("parameters"));
-            let tag = special("<|python_tag|>").map(|t| format!("<[{}]>", t.0));
+            let tag = special(format.triggers()[0]).map(|t| format!("<[{}]>", t.0));
             match (tag, required) {
                 (Some(tag), false) => g.push_str(&format!("start: TEXT | {tag}? calls\nTEXT: /[^{{](.|\\n)*/\n")),
                 (None, false) => g.push_str("start: TEXT | calls\nTEXT: /[^{](.|\\n)*/\n"),
@@ -135,9 +137,9 @@ fn tool_call_grammar(model: &Model, format: ToolCallFormat, tools: &[Tool], requ
                 "items": { "anyOf": tools.iter().map(|t| call_schema(t, "arguments")).collect::<Vec<_>>() },
                 "minItems": 1,
             });
-            let mark = match special("[TOOL_CALLS]") {
+            let mark = match special(format.triggers()[0]) {
                 Some(t) => format!("<[{}]>", t.0),
-                None => lark_str("[TOOL_CALLS]"),
+                None => lark_str(format.triggers()[0]),
             };
             if required {
                 g.push_str(&format!("start: {mark} calls\n"));
@@ -258,7 +260,7 @@ impl State {
             };
             self.mask = Some(mask);
         }
-        self.mask.get_or_insert_with(|| SimpleVob::alloc(0))
+        self.mask.as_ref().expect("computed above")
     }
 }
 

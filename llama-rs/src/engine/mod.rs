@@ -273,6 +273,15 @@ impl Engine {
         Ok(handles)
     }
 
+    /// The model's chat template, compiled at the first use.
+    fn chat_template(&self) -> Result<&crate::template::ChatTemplate> {
+        if let Some(t) = self.chat_template.get() {
+            return Ok(t);
+        }
+        let t = crate::template::ChatTemplate::from_model(&self.model, None)?;
+        Ok(self.chat_template.get_or_init(|| t))
+    }
+
     /// The tool-call format of a request that offers tools (`None` for one
     /// that does not, or with [`ToolChoice::None`](crate::ToolChoice::None)).
     fn tool_format(&self, request: &Request) -> Result<Option<crate::tools::ToolCallFormat>> {
@@ -282,13 +291,7 @@ impl Engine {
         if let Some(f) = request.tool_format {
             return Ok(Some(f));
         }
-        let template = match self.chat_template.get() {
-            Some(t) => Some(t),
-            None => crate::template::ChatTemplate::from_model(&self.model, None)
-                .ok()
-                .map(|t| self.chat_template.get_or_init(|| t)),
-        };
-        template.and_then(crate::tools::ToolCallFormat::detect).map(Some).ok_or_else(|| {
+        self.chat_template().ok().and_then(crate::tools::ToolCallFormat::detect).map(Some).ok_or_else(|| {
             Error::invalid(
                 "tools",
                 request.tools.len(),
@@ -306,13 +309,7 @@ impl Engine {
             RequestPrompt::Text(text) => vocab.tokenize_into(text, add, request.parse_special, &mut tokens)?,
             RequestPrompt::Tokens(t) => tokens.extend_from_slice(t),
             RequestPrompt::Chat(messages) => {
-                let template = match self.chat_template.get() {
-                    Some(t) => t,
-                    None => {
-                        let t = crate::template::ChatTemplate::from_model(&self.model, None)?;
-                        self.chat_template.get_or_init(|| t)
-                    }
-                };
+                let template = self.chat_template()?;
                 let mut options = request.chat_options.clone().add_generation_prompt(true);
                 if !request.tools.is_empty() && request.tool_choice != crate::tools::ToolChoice::None {
                     options = options.tools(request.tools.iter().map(crate::tools::Tool::to_json).collect::<Vec<_>>());
@@ -339,17 +336,7 @@ impl Engine {
                 reason: "this model's memory cannot shift positions: leave context_shift off".into(),
             });
         }
-        for (i, (adapter, scale)) in request.lora.iter().enumerate() {
-            if !std::ptr::eq(adapter.model(), &*self.model) {
-                return Err(Error::invalid("LoRA adapter", i, "it was loaded for another model than the engine's"));
-            }
-            if !scale.is_finite() {
-                return Err(Error::invalid("LoRA scale", scale, "must be a finite number"));
-            }
-            if request.lora[..i].iter().any(|(b, _)| b.same(adapter)) {
-                return Err(Error::invalid("LoRA adapter", i, "is listed twice"));
-            }
-        }
+        crate::adapter::check_set(&self.model, request.lora.iter().map(|(a, s)| (a, *s)))?;
         let tool_format = self.tool_format(&request)?;
         let mut sampler = match (request.sampler, tool_format) {
             (SamplerChoice::Params(p), None) => p.build(&self.model)?,

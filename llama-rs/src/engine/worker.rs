@@ -588,6 +588,15 @@ impl Worker {
             self.ctx.clear_lora();
             return Ok(());
         }
+        // The context keeps the set without zero scales, in the order given
+        // (canonical here): an unchanged set costs no call and no allocation.
+        let wanted = a.p.lora.iter().filter(|(_, s)| *s != 0.0);
+        let applied = self.ctx.lora();
+        if wanted.clone().count() == applied.len()
+            && wanted.clone().zip(applied).all(|((x, s), (y, t))| x.same(y) && s.to_bits() == t.to_bits())
+        {
+            return Ok(());
+        }
         let set: Vec<(&LoraAdapter<'static>, f32)> = a.p.lora.iter().map(|(l, s)| (l, *s)).collect();
         self.ctx.set_lora(&set)
     }
