@@ -58,6 +58,7 @@ struct ModelConf {
     split: SplitChoice,
     main_gpu: usize,
     tensor_split: Vec<f32>,
+    rpc: Vec<String>,
 }
 
 impl ModelConf {
@@ -67,6 +68,7 @@ impl ModelConf {
             .split_mode(mode)
             .main_gpu(self.main_gpu)
             .tensor_split(&self.tensor_split)
+            .rpc_servers(&self.rpc)
     }
 }
 
@@ -112,7 +114,8 @@ fn instances(a: &Args, n_models: usize) -> Vec<(ModelConf, Vec<Test>)> {
             for &split in &a.split {
                 for &main_gpu in &a.main_gpu {
                     for ts in &a.tensor_split {
-                        let conf = ModelConf { model, ngl, split, main_gpu, tensor_split: ts.clone() };
+                        let conf =
+                            ModelConf { model, ngl, split, main_gpu, tensor_split: ts.clone(), rpc: a.rpc.clone() };
                         let mut tests = Vec::new();
                         for &n_batch in &a.n_batch {
                             for &n_ubatch in &a.n_ubatch {

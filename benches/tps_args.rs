@@ -82,6 +82,9 @@ pub struct Args {
     pub split: Vec<SplitChoice>,
     pub tensor_split: Vec<Vec<f32>>,
     pub main_gpu: Vec<usize>,
+    /// RPC servers (`--rpc HOST:PORT,...`, as llama-bench): their devices come
+    /// first in every model's device list.
+    pub rpc: Vec<String>,
     pub flash_attn: Vec<FlashAttention>,
     pub type_k: Vec<KvType>,
     pub type_v: Vec<KvType>,
@@ -111,6 +114,7 @@ impl Default for Args {
             split: vec![SplitChoice::Mode(SplitMode::Layer)],
             tensor_split: vec![Vec::new()],
             main_gpu: vec![0],
+            rpc: Vec::new(),
             flash_attn: vec![FlashAttention::Auto],
             type_k: vec![KvType::F16],
             type_v: vec![KvType::F16],
@@ -143,6 +147,7 @@ fn canonical(flag: &str) -> Option<(&'static str, bool)> {
         "--workload" => ("--workload", true),
         "-ts" | "--tensor-split" => ("-ts", true),
         "-mg" | "--main-gpu" => ("-mg", true),
+        "-rpc" | "--rpc" => ("--rpc", true),
         "-fa" | "--flash-attn" => ("-fa", true),
         "-ctk" | "--cache-type-k" => ("-ctk", true),
         "-ctv" | "--cache-type-v" => ("-ctv", true),
@@ -250,6 +255,7 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
                 .map(|x| x.trim().parse::<f32>().map_err(|e| format!("{x:?}: {e}")))
                 .collect::<Result<Vec<f32>, String>>()),
             "-mg" => set!(main_gpu, num::<usize>),
+            "--rpc" => a.rpc = list(flag, &value, |s| Ok(s.to_string()))?,
             "-fa" => set!(flash_attn, |s| s.parse::<FlashAttention>().map_err(|e| e.to_string())),
             "-ctk" => set!(type_k, |s| s.parse::<KvType>().map_err(|e| e.to_string())),
             "-ctv" => set!(type_v, |s| s.parse::<KvType>().map_err(|e| e.to_string())),

@@ -517,6 +517,8 @@ impl Model {
 impl<'m> Context<'m> {
     fn create(model: ModelRef<'m>, params: ContextParams) -> Result<Context<'m>> {
         params.validate(&model)?;
+        // A model whose RPC server failed makes no more contexts.
+        model.rpc.check()?;
         let raw = params.to_raw(&model);
         let ptr = {
             // Context creation writes to the model: one at a time per model.
@@ -528,7 +530,9 @@ impl<'m> Context<'m> {
                 // C++ exceptions.
                 |out| unsafe { sys::llama_rs_init_from_model(model.as_ptr(), raw, out) },
                 |message| Error::ContextCreate { message },
-            )?
+            )
+            // a backend that could not start on a failed RPC server: say which
+            .map_err(|e| model.rpc.check().err().unwrap_or(e))?
         };
         // SAFETY: live context.
         let (n_ctx, n_batch, n_ubatch, n_seq_max) = unsafe {
@@ -745,6 +749,8 @@ impl<'m> Context<'m> {
             });
         }
         self.check_batch(batch)?;
+        // A model whose RPC server failed fails at once.
+        self.model.rpc.check()?;
         let raw = batch.as_raw();
         if let Some(limit) = self.pos_limit {
             // SAFETY: `as_raw` points `pos` at the batch's own n_tokens
@@ -783,6 +789,8 @@ impl<'m> Context<'m> {
             crate::backend::release_warnings(matches!(ret, Ok(2)));
         }
         let ret = ret?;
+        // A failed RPC call leaves zeros, not an error code: ask the watch.
+        self.model.rpc.check()?;
         match ret {
             0 => {
                 self.reserve_pending = false;

@@ -16,6 +16,9 @@ pub enum DeviceKind {
     IntegratedGpu,
     /// An accelerator used together with the CPU backend (BLAS, AMX, ...).
     Accelerator,
+    /// A device of another machine, served by an RPC server (feature `rpc`,
+    /// [`rpc::connect`](crate::rpc::connect)); its description is the endpoint.
+    Rpc,
 }
 
 impl std::fmt::Display for DeviceKind {
@@ -25,14 +28,17 @@ impl std::fmt::Display for DeviceKind {
             DeviceKind::Gpu => "GPU",
             DeviceKind::IntegratedGpu => "iGPU",
             DeviceKind::Accelerator => "accelerator",
+            DeviceKind::Rpc => "RPC",
         })
     }
 }
 
-/// One device of ggml's registry, at the time [`devices`] was called.
+/// One device of ggml's registry (or of a connected RPC server), at the time
+/// [`devices`] was called.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Device {
-    /// Index in ggml's device registry (stable for the life of the process).
+    /// Index in ggml's device registry (stable for the life of the process);
+    /// RPC devices are numbered from 2^20 in the order they were connected.
     pub index: usize,
     /// Short name, e.g. `CPU`, `CUDA0`, `ROCm1`.
     pub name: String,
@@ -55,9 +61,15 @@ impl Device {
     pub fn is_gpu(&self) -> bool {
         matches!(self.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu)
     }
+
+    /// The `host:port` of the server, for an RPC device.
+    pub fn rpc_endpoint(&self) -> Option<&str> {
+        (self.kind == DeviceKind::Rpc).then_some(self.description.as_str())
+    }
 }
 
-/// Every device that the compiled-in backends registered (the CPU included).
+/// Every device that the compiled-in backends registered (the CPU included),
+/// then the devices of the RPC servers connected so far.
 ///
 /// `HIP_VISIBLE_DEVICES` / `CUDA_VISIBLE_DEVICES` are honoured by the backends
 /// themselves, as in any llama.cpp program: they must be set before the first
@@ -66,7 +78,8 @@ pub fn devices() -> Vec<Device> {
     crate::init();
     // SAFETY: the registry is initialised by init() and never shrinks.
     let count = unsafe { sys::ggml_backend_dev_count() };
-    (0..count).filter_map(device_info).collect()
+    let rpc = crate::rpc::RPC_INDEX_BASE..crate::rpc::RPC_INDEX_BASE + crate::rpc::device_count();
+    (0..count).chain(rpc).filter_map(device_info).collect()
 }
 
 /// The devices a model uses by default: the discrete GPUs (one entry per
@@ -89,6 +102,9 @@ pub fn default_gpus(include_igpu: bool) -> Vec<Device> {
 }
 
 pub(crate) fn raw_device(index: usize) -> Option<sys::ggml_backend_dev_t> {
+    if let Some(i) = index.checked_sub(crate::rpc::RPC_INDEX_BASE) {
+        return crate::rpc::raw_device(i);
+    }
     // SAFETY: plain registry queries; the index is checked against the count.
     unsafe {
         if index >= sys::ggml_backend_dev_count() {
@@ -99,14 +115,16 @@ pub(crate) fn raw_device(index: usize) -> Option<sys::ggml_backend_dev_t> {
     }
 }
 
-fn device_info(index: usize) -> Option<Device> {
+pub(crate) fn device_info(index: usize) -> Option<Device> {
     let dev = raw_device(index)?;
     // SAFETY: `dev` is a live registry device; the strings it returns are owned
     // by the backend and copied at once; props is a plain out-struct.
     unsafe {
         let mut props: sys::ggml_backend_dev_props = std::mem::zeroed();
         sys::ggml_backend_dev_get_props(dev, &mut props);
+        let rpc = index >= crate::rpc::RPC_INDEX_BASE;
         let kind = match sys::ggml_backend_dev_type(dev) {
+            _ if rpc => DeviceKind::Rpc,
             sys::GGML_BACKEND_DEVICE_TYPE_CPU => DeviceKind::Cpu,
             sys::GGML_BACKEND_DEVICE_TYPE_GPU => DeviceKind::Gpu,
             sys::GGML_BACKEND_DEVICE_TYPE_IGPU => DeviceKind::IntegratedGpu,

@@ -150,6 +150,13 @@ pub enum Error {
     OutOfMemory { what: &'static str, bytes: usize },
 
     /// Writing or reading a file failed.
+    /// An RPC server (ggml's RPC backend) could not be reached, failed, or
+    /// answered something malformed; or the TLS tunnel to it failed. `endpoint`
+    /// is the server's `host:port`; the model that used it fails fast from then
+    /// on (load it again once the server is back).
+    #[error("RPC server {endpoint}: {message}")]
+    Rpc { endpoint: String, message: String },
+
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }

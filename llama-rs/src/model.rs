@@ -125,6 +125,7 @@ pub struct ModelParams {
     kv_overrides: Vec<(String, KvOverride)>,
     progress: Option<ProgressFn>,
     no_alloc: bool,
+    rpc_servers: Vec<String>,
 }
 
 impl Default for ModelParams {
@@ -142,6 +143,7 @@ impl Default for ModelParams {
             kv_overrides: Vec::new(),
             progress: None,
             no_alloc: false,
+            rpc_servers: Vec::new(),
         }
     }
 }
@@ -196,6 +198,18 @@ impl ModelParams {
     /// discrete GPUs (see [`crate::default_gpus`]). An empty list means CPU only.
     pub fn devices(mut self, indices: &[usize]) -> Self {
         self.devices = Some(indices.to_vec());
+        self
+    }
+
+    /// RPC servers (`host:port`, feature `rpc`) whose devices hold layers too;
+    /// see [`crate::rpc`]. They are connected at load ([`crate::rpc::connect`])
+    /// and, without an explicit [`devices`](Self::devices) list, come first in
+    /// the device list, then the local GPUs, as in llama.cpp. With an explicit
+    /// list, name the RPC devices in it (their indices come from `connect` or
+    /// [`crate::devices`]). Layer split only: tensor split mode over RPC is
+    /// refused.
+    pub fn rpc_servers<S: AsRef<str>>(mut self, endpoints: &[S]) -> Self {
+        self.rpc_servers = endpoints.iter().map(|e| e.as_ref().to_string()).collect();
         self
     }
 
@@ -264,13 +278,23 @@ impl ModelParams {
 
     /// The device list this configuration resolves to on this machine.
     pub fn resolved_devices(&self) -> Result<Vec<Device>> {
+        let mut remote = Vec::new();
+        for endpoint in &self.rpc_servers {
+            remote.extend(crate::rpc::connect(endpoint)?);
+        }
         let all = device::devices();
         match &self.devices {
-            None => Ok(device::default_gpus(self.include_igpu)),
+            None => {
+                remote.extend(device::default_gpus(self.include_igpu));
+                Ok(remote)
+            }
             Some(indices) => indices
                 .iter()
                 .map(|&i| {
-                    let d = all.get(i).ok_or(Error::DeviceOutOfRange { index: i, count: all.len() })?;
+                    let d = all
+                        .iter()
+                        .find(|d| d.index == i)
+                        .ok_or(Error::DeviceOutOfRange { index: i, count: all.len() })?;
                     if d.kind == DeviceKind::Cpu || d.kind == DeviceKind::Accelerator {
                         return Err(Error::invalid(
                             "device",
@@ -345,6 +369,16 @@ impl ModelParams {
                 }
             }
             SplitMode::Tensor => {
+                if let Some(d) = devices.iter().find(|d| d.kind == DeviceKind::Rpc) {
+                    return Err(Error::SplitMode {
+                        mode,
+                        reason: format!(
+                            "device {} is an RPC device ({}): llama.cpp does not support tensor split over RPC; \
+                             use split mode layer (tensor_split proportions apply to RPC devices too)",
+                            d.name, d.description
+                        ),
+                    });
+                }
                 if devices.is_empty() {
                     return Err(Error::SplitMode { mode, reason: "needs at least one GPU; none is available".into() });
                 }
@@ -390,6 +424,8 @@ pub struct Model {
     /// llguidance's view of the vocabulary, built at the first structured
     /// output request.
     guidance: std::sync::OnceLock<crate::guidance::Factory>,
+    /// The RPC servers this model uses (none: costs nothing).
+    pub(crate) rpc: crate::rpc::RpcWatch,
 }
 
 // SAFETY: a loaded llama_model is only read by llama.cpp, except during
@@ -504,6 +540,7 @@ impl Model {
             raw.progress_callback_user_data = (state as *mut ProgressState).cast();
         }
 
+        let rpc = crate::rpc::RpcWatch::new(&devices);
         let mut model: *mut sys::llama_model = std::ptr::null_mut();
         // The validated file itself (see ModelFile).
         let c_path = file.c_path()?;
@@ -525,6 +562,13 @@ impl Model {
                 return Err(Error::LoadCancelled { path });
             }
         }
+        if let Err(e) = rpc.check() {
+            if let Some(p) = NonNull::new(model) {
+                // SAFETY: a model whose RPC server failed while loading; freed once here.
+                unsafe { sys::llama_model_free(p.as_ptr()) };
+            }
+            return Err(e);
+        }
         let ptr = NonNull::new(model).ok_or_else(|| Error::ModelLoad {
             path: path.clone(),
             message: log_error_or("llama.cpp returned no model"),
@@ -545,6 +589,7 @@ impl Model {
             dry: params.no_alloc,
             write_lock: Mutex::new(()),
             guidance: std::sync::OnceLock::new(),
+            rpc,
         })
     }
 

@@ -166,6 +166,11 @@ fn defines(cfg: &Config, src: &Path) -> BTreeMap<String, String> {
             set(b, "OFF".into());
         }
     }
+    if cfg.rpc {
+        // RDMA needs libibverbs and is not what the tunnel forwards.
+        set("GGML_RPC", "ON".into());
+        set("GGML_RPC_RDMA", "OFF".into());
+    }
     if cfg.cuda {
         if let Some(archs) = var("LLAMA_CUDA_ARCHS") {
             set("CMAKE_CUDA_ARCHITECTURES", archs);

@@ -11,10 +11,14 @@ pub struct Config {
     pub native: bool,
     /// Shared libraries, backends as modules loaded at run time (GGML_BACKEND_DL).
     pub dynamic: bool,
+    /// ggml's RPC backend (GGML_RPC).
+    pub rpc: bool,
     /// Root of the cache shared by every build of the workspace
     /// (extracted source, one cmake build folder per configuration).
     pub cache_dir: PathBuf,
     pub vendor_dir: PathBuf,
+    /// `patches/`: applied to the pinned tree when it is extracted.
+    pub patch_dir: PathBuf,
 }
 
 impl Config {
@@ -25,6 +29,7 @@ impl Config {
             Some(dir) => PathBuf::from(dir),
             None => target_dir(&out_dir).join("llama-cpp"),
         };
+        println!("cargo:rerun-if-changed={}", manifest_dir.join("patches").display());
         let vendor_dir = match var("LLAMA_SYS_VENDOR_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => manifest_dir.join("..").join("vendor"),
@@ -35,8 +40,10 @@ impl Config {
             cuda: feature("CUDA"),
             native: feature("NATIVE"),
             dynamic: feature("DYNAMIC_BACKENDS"),
+            rpc: feature("RPC"),
             cache_dir,
             vendor_dir,
+            patch_dir: manifest_dir.join("patches"),
         }
     }
 
@@ -47,6 +54,9 @@ impl Config {
         }
         if self.hip {
             b.push("hip");
+        }
+        if self.rpc {
+            b.push("rpc");
         }
         b
     }

@@ -13,6 +13,12 @@ mod source;
 fn main() {
     let cfg = config::Config::from_env();
     let src = source::llama_cpp_dir(&cfg);
+    if cfg.rpc && config::var("LLAMA_CPP_DIR").is_some() {
+        println!(
+            "cargo:warning=LLAMA_CPP_DIR is set: llama-sys/patches are not applied to it, so llama-rs refuses \
+             RPC servers (the unpatched client aborts the process when a server fails)"
+        );
+    }
     let built = cmake_build::build(&cfg, &src);
     // The shim references llama symbols, so it must precede them on the link line.
     shim::compile(&src);

@@ -34,15 +34,93 @@ pub fn llama_cpp_dir(cfg: &Config) -> PathBuf {
         return dir;
     }
     let pin = read_pin(&cfg.vendor_dir.join("pin").join("Cargo.toml"));
-    let dest = cfg.cache_dir.join(format!("src-{}", &pin.sha256[..16]));
+    let patches = read_patches(&cfg.patch_dir, cfg.rpc);
+    // The folder names the pin and the patches, so an edited patch extracts anew.
+    let dest = if patches.is_empty() {
+        cfg.cache_dir.join(format!("src-{}", &pin.sha256[..16]))
+    } else {
+        cfg.cache_dir.join(format!("src-{}-p{}", &pin.sha256[..16], patch_key(&patches)))
+    };
     let tree = dest.join(&pin.folder);
     if dest.join(".complete").is_file() {
         return tree;
     }
     let crate_file = fetch(cfg, &pin);
     verify(&crate_file, &pin);
-    extract(&crate_file, &pin, &dest);
+    extract(&crate_file, &pin, &dest, &patches);
     tree
+}
+
+/// `patches/*.patch` (sorted by name): small changes written in this project and
+/// applied to the pinned tree, each listed in docs/SAFETY.md. `ggml-rpc-*`
+/// patches touch only files that builds with the `rpc` feature compile, so
+/// only those builds take them (the others keep the plain tree and its build
+/// folders). Not applied to a user's tree (`LLAMA_CPP_DIR`).
+pub fn read_patches(dir: &Path, rpc: bool) -> Vec<(String, String)> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "patch"))
+        .filter(|p| rpc || !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("ggml-rpc-")))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().into_owned(), text)
+        })
+        .collect()
+}
+
+fn patch_key(patches: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    for (name, text) in patches {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    h.finalize().iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Applies each patch (unified diffs, one or more files each, paths `a/...`
+/// relative to the llama.cpp folder) to `tree`; a patch that does not apply
+/// exactly stops the build with the file and the reason.
+fn apply_patches(tree: &Path, patches: &[(String, String)]) {
+    for (name, text) in patches {
+        for (file, section) in split_patch(text) {
+            let path = tree.join(&file);
+            let original = fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("patch {name}: cannot read {} in the pinned tree: {e}", path.display()));
+            let patch = diffy::Patch::from_str(&section)
+                .unwrap_or_else(|e| panic!("patch {name}: the diff of {file} does not parse: {e}"));
+            let patched = diffy::apply(&original, &patch).unwrap_or_else(|e| {
+                panic!(
+                    "patch {name} does not apply to {file} of the pinned llama.cpp ({e}); update the patch for the pin"
+                )
+            });
+            fs::write(&path, patched).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Splits a multi-file unified diff into (file, single-file diff) pairs.
+fn split_patch(text: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for line in text.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("--- ") {
+            let file = rest.trim_end().trim_start_matches("a/").to_string();
+            out.push((file, String::new()));
+        }
+        if let Some((_, section)) = out.last_mut() {
+            section.push_str(line);
+        }
+    }
+    assert!(!out.is_empty(), "a patch in llama-sys/patches holds no file diff");
+    out
 }
 
 pub fn read_pin(manifest: &Path) -> Pin {
@@ -152,7 +230,7 @@ fn verify(file: &Path, pin: &Pin) {
 
 /// Extracts only `<package>-<version>/<folder>/` into `dest`, atomically:
 /// into a temporary sibling first, renamed when complete.
-fn extract(file: &Path, pin: &Pin, dest: &Path) {
+fn extract(file: &Path, pin: &Pin, dest: &Path, patches: &[(String, String)]) {
     let tmp = dest.with_extension(format!("tmp{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).expect("create extraction folder");
@@ -176,6 +254,7 @@ fn extract(file: &Path, pin: &Pin, dest: &Path) {
         count += 1;
     }
     assert!(count > 0, "{} holds no {}/ folder", file.display(), pin.folder);
+    apply_patches(&tmp.join(&pin.folder), patches);
     fs::write(tmp.join(".complete"), format!("{} {}\n", pin.sha256, pin.commit)).expect("stamp");
     if fs::rename(&tmp, dest).is_err() {
         // Another build extracted it meanwhile.

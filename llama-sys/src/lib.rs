@@ -35,4 +35,37 @@ pub const BUILT_BACKENDS: &[&str] = &[
     "cuda",
     #[cfg(feature = "hip")]
     "hip",
+    #[cfg(feature = "rpc")]
+    "rpc",
 ];
+
+/// ggml's RPC backend (feature `rpc`). Its entry points are reached through the
+/// `"RPC"` registry entry's proc addresses (`ggml_backend_reg_get_proc_address`),
+/// the same way in static and `dynamic-backends` builds; these are their types.
+/// `ggml_backend_rpc_failures` and `ggml_backend_rpc_set_timeouts` exist only in
+/// the tree patched by `patches/ggml-rpc-recoverable.patch`.
+pub mod rpc {
+    use super::{ggml_backend_dev_t, ggml_backend_reg_t};
+    use std::os::raw::{c_char, c_int};
+
+    /// True when this build has the RPC backend (feature `rpc`).
+    pub const ENABLED: bool = cfg!(feature = "rpc");
+
+    /// `ggml_backend_rpc_add_server(endpoint)`: a registry entry with one device
+    /// per remote device; NULL when the server cannot be reached (patched tree).
+    pub type AddServerFn = unsafe extern "C" fn(endpoint: *const c_char) -> ggml_backend_reg_t;
+    /// `ggml_backend_rpc_start_server(endpoint, cache_dir, n_threads, n_devices, devices)`:
+    /// serves until the process ends; returns only when it cannot start.
+    pub type StartServerFn = unsafe extern "C" fn(
+        endpoint: *const c_char,
+        cache_dir: *const c_char,
+        n_threads: usize,
+        n_devices: usize,
+        devices: *mut ggml_backend_dev_t,
+    );
+    /// `ggml_backend_rpc_failures(endpoint, message, size)`: failures recorded for
+    /// the endpoint, the last message copied (NUL-terminated) into `message`.
+    pub type FailuresFn = unsafe extern "C" fn(endpoint: *const c_char, message: *mut c_char, size: usize) -> u64;
+    /// `ggml_backend_rpc_set_timeouts(connect_ms, io_ms)`; 0 means no bound.
+    pub type SetTimeoutsFn = unsafe extern "C" fn(connect_ms: c_int, io_ms: c_int);
+}
