@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example generate -- [--model PATH] [--prompt TEXT] [-n N]
 //!     [--seed S] [--temp T] [-ngl N] [--split-mode none|layer|row|tensor]
-//!     [--tensor-split 3,1] [--main-gpu I] [-cnv [-sys TEXT]]
+//!     [--tensor-split 3,1] [--main-gpu I] [--rpc HOST:PORT,...] [-cnv [-sys TEXT]]
 //!     [--json-schema SCHEMA | --json-schema-file FILE | --grammar-file FILE]
 //! ```
 //!
@@ -27,6 +27,7 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: generate [--model PATH] [--prompt TEXT] [-n N] [--seed S] [--temp T] [-ngl N]
                 [--split-mode none|layer|row|tensor] [--tensor-split 3,1] [--main-gpu I]
+                [--rpc HOST:PORT,...] (RPC servers, feature rpc)
                 [-cnv|--conversation] [-sys|--system-prompt TEXT]
                 [-j|--json-schema SCHEMA] [-jf|--json-schema-file FILE] [--grammar-file FILE]";
 
@@ -40,6 +41,7 @@ struct Args {
     split_mode: SplitMode,
     tensor_split: Vec<f32>,
     main_gpu: usize,
+    rpc: Vec<String>,
     conversation: bool,
     system: Option<String>,
     json_schema: Option<String>,
@@ -57,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
         split_mode: SplitMode::Layer,
         tensor_split: Vec::new(),
         main_gpu: 0,
+        rpc: Vec::new(),
         conversation: false,
         system: None,
         json_schema: None,
@@ -93,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| bad(&e))?
             }
             "--main-gpu" | "-mg" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
+            "--rpc" => a.rpc = value.split(',').map(|s| s.trim().to_string()).collect(),
             "-sys" | "--system-prompt" => a.system = Some(value),
             "-j" | "--json-schema" => a.json_schema = Some(value),
             "-jf" | "--json-schema-file" => a.json_schema = Some(std::fs::read_to_string(&value).map_err(|e| bad(&e))?),
@@ -132,7 +136,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .n_gpu_layers(args.ngl)
         .split_mode(args.split_mode)
         .tensor_split(&args.tensor_split)
-        .main_gpu(args.main_gpu);
+        .main_gpu(args.main_gpu)
+        .rpc_servers(&args.rpc);
     let model = Model::load_with(&path, params)?;
     let mut ctx = model.new_context(ContextParams::default().n_ctx(2048))?;
     let mut builder = Sampler::builder(&model);

@@ -30,6 +30,9 @@ mod memory;
 mod model;
 mod modules;
 mod quantize;
+pub mod rpc;
+#[cfg(feature = "rpc-tls")]
+pub mod rpc_tls;
 mod sampler;
 mod state;
 pub mod synthetic;

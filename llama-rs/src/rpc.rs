@@ -20,7 +20,7 @@
 //! **Security.** ggml's RPC protocol has no authentication, and a server
 //! trusts its client with its memory. [`serve`] binds only loopback addresses
 //! unless [`RpcServerParams::insecure_allow_remote`] is set; to cross a real
-//! network, put the TLS tunnel of [`rpc_tls`](crate::rpc_tls) (feature
+//! network, put the TLS tunnel of `llama_rs::rpc_tls` (feature
 //! `rpc-tls`, mutual authentication) in front of it. See docs/rpc.md.
 
 use crate::device::{self, Device};
