@@ -82,12 +82,26 @@ pub fn devices() -> Vec<Device> {
     (0..count).chain(rpc).filter_map(device_info).collect()
 }
 
+/// The registry's devices only (no RPC device: asking a server for its
+/// memory is a network round trip).
+fn local_devices() -> Vec<Device> {
+    crate::init();
+    // SAFETY: the registry is initialised by init() and never shrinks.
+    let count = unsafe { sys::ggml_backend_dev_count() };
+    (0..count).filter_map(device_info).collect()
+}
+
+/// The device of `all` with [`Device::index`] `index`.
+pub(crate) fn find(all: &[Device], index: usize) -> crate::Result<&Device> {
+    all.iter().find(|d| d.index == index).ok_or(crate::Error::DeviceOutOfRange { index, count: all.len() })
+}
+
 /// The devices a model uses by default: the discrete GPUs (one entry per
 /// physical device when two backends see the same one), or, only when there is
 /// no discrete GPU, the integrated GPUs if `include_igpu`. Empty on a machine
 /// without GPUs (the model then runs on the CPU).
 pub fn default_gpus(include_igpu: bool) -> Vec<Device> {
-    let all = devices();
+    let all = local_devices();
     let mut gpus: Vec<Device> = Vec::new();
     for d in all.iter().filter(|d| d.kind == DeviceKind::Gpu && d.backend != "RPC") {
         let dup = d.device_id.is_some() && gpus.iter().any(|g| g.device_id == d.device_id);

@@ -282,29 +282,28 @@ impl ModelParams {
         for endpoint in &self.rpc_servers {
             remote.extend(crate::rpc::connect(endpoint)?);
         }
-        let all = device::devices();
         match &self.devices {
             None => {
                 remote.extend(device::default_gpus(self.include_igpu));
                 Ok(remote)
             }
-            Some(indices) => indices
-                .iter()
-                .map(|&i| {
-                    let d = all
-                        .iter()
-                        .find(|d| d.index == i)
-                        .ok_or(Error::DeviceOutOfRange { index: i, count: all.len() })?;
-                    if d.kind == DeviceKind::Cpu || d.kind == DeviceKind::Accelerator {
-                        return Err(Error::invalid(
-                            "device",
-                            format!("{i} ({})", d.name),
-                            "is not a GPU: list only GPUs; the CPU is always used for what is not offloaded",
-                        ));
-                    }
-                    Ok(d.clone())
-                })
-                .collect(),
+            Some(indices) => {
+                let all = device::devices();
+                indices
+                    .iter()
+                    .map(|&i| {
+                        let d = device::find(&all, i)?;
+                        if d.kind == DeviceKind::Cpu || d.kind == DeviceKind::Accelerator {
+                            return Err(Error::invalid(
+                                "device",
+                                format!("{i} ({})", d.name),
+                                "is not a GPU: list only GPUs; the CPU is always used for what is not offloaded",
+                            ));
+                        }
+                        Ok(d.clone())
+                    })
+                    .collect()
+            }
         }
     }
 

@@ -384,8 +384,7 @@ pub fn serve(params: &RpcServerParams) -> Result<std::convert::Infallible> {
         Some(indices) => indices
             .iter()
             .map(|&i| {
-                let d =
-                    all.iter().find(|d| d.index == i).ok_or(Error::DeviceOutOfRange { index: i, count: all.len() })?;
+                let d = device::find(&all, i)?;
                 if d.kind == crate::DeviceKind::Rpc {
                     return Err(err(format!("device {i} ({}) is itself remote: serve local devices", d.name)));
                 }
