@@ -69,7 +69,7 @@ fn git_commit() -> String {
 
 /// The build features of this package that are on, e.g. `["cuda"]`.
 fn features() -> Vec<&'static str> {
-    ["cuda", "hip", "native", "dynamic-backends"]
+    ["cuda", "hip", "native", "dynamic-backends", "rpc", "rpc-tls"]
         .into_iter()
         .filter(|f| env::var_os(format!("CARGO_FEATURE_{}", f.to_uppercase().replace('-', "_"))).is_some())
         .collect()
