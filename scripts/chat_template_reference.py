@@ -62,13 +62,13 @@ TEMPLATES = ROOT / "tests" / "templates"
 CORPUS = TEMPLATES / "corpus"
 MESSAGES = TEMPLATES / "messages"
 EXPECTED = TEMPLATES / "expected.json"
-SYNTHETIC_RS = ROOT / "llama-rs" / "src" / "synthetic.rs"
+SYNTHETIC_RS = ROOT / "llama-rs" / "src" / "synthetic" / "vocab.rs"
 
 FIXED_NOW = datetime.datetime(2026, 1, 15, 12, 0, 0)  # UTC; naive, so %Z and %z are empty
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 MODEL_TEMPLATE_NAME = "smollm2"
-# corpus file -> the Rust constant in synthetic.rs whose text it must equal
+# corpus file -> the Rust constant in synthetic/vocab.rs whose text it must equal
 SYNTHETIC = {"synthetic_chatml": "CHATML_TEMPLATE", "synthetic_llama3": "LLAMA3_TEMPLATE"}
 
 
@@ -261,7 +261,7 @@ def load_templates(model):
 
 
 def synthetic_drift(templates):
-    """Messages for corpus files that no longer equal synthetic.rs's texts."""
+    """Messages for corpus files that no longer equal synthetic/vocab.rs's texts."""
     source = SYNTHETIC_RS.read_text(encoding="utf-8")
     problems = []
     for name, const in SYNTHETIC.items():

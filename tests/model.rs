@@ -146,6 +146,34 @@ fn progress_callback_sees_progress_and_can_cancel() {
 }
 
 #[test]
+fn synthetic_writer_reports_progress_up_to_the_file_size() {
+    use llama_rs::synthetic::{SyntheticModel, WeightType};
+    let dir = common::temp_dir("synthetic-progress");
+    // Q8_0 of tiny_k: tensors of several chunks' worth of rows, many reports.
+    let m = SyntheticModel::new(ModelShape::tiny_k()).weight_type(WeightType::Q8_0).seed(3);
+    let mut calls = Vec::new();
+    let path = m.write_cached_with_progress(&dir, |done, total| calls.push((done, total))).unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    assert_eq!(calls.first(), Some(&(0, size)), "{calls:?}");
+    assert_eq!(calls.last(), Some(&(size, size)));
+    assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 == w[1].1), "{calls:?}");
+    assert!(calls.len() > 2 && calls.len() <= 300, "{} calls", calls.len());
+    // A cached file is not written again, and no progress is reported.
+    let again = m.write_cached_with_progress(&dir, |_, _| panic!("nothing to write")).unwrap();
+    assert_eq!(again, path);
+    // write_with_progress gives the same bytes as write.
+    let other = dir.join("other.gguf");
+    let mut last = None;
+    m.write_with_progress(&other, |done, total| last = Some((done, total))).unwrap();
+    assert_eq!(last, Some((size, size)));
+    assert_eq!(std::fs::read(&other).unwrap(), std::fs::read(&path).unwrap());
+    // Invalid parameters: an error before any report.
+    let bad = SyntheticModel::new(ModelShape { n_head: 3, ..ModelShape::tiny() });
+    assert!(bad.write_with_progress(dir.join("bad.gguf"), |_, _| panic!("no report")).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn panicking_progress_callback_is_an_error() {
     let p = ModelParams::default().progress(|_| panic!("boom in callback"));
     match Model::load_with(tiny_path(VocabKind::Spm), p) {

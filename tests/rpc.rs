@@ -8,7 +8,7 @@ mod common;
 
 use llama_rs::rpc::{self, RpcEndpoint, RpcServerParams};
 use llama_rs::{
-    AddSpecial, Batch, Context, ContextParams, DeviceKind, Error, Model, ModelParams, ParseSpecial, SplitMode, Token,
+    AddSpecial, Batch, Context, ContextParams, DeviceKind, Error, FitParams, Model, ModelParams, ParseSpecial, SplitMode, Token,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -177,6 +177,30 @@ fn model_split_over_two_servers_equals_the_local_run() {
     for d in &devices {
         let entry = plan.iter().find(|p| p.device == d.name).unwrap_or_else(|| panic!("{} not in {plan:?}", d.name));
         assert!(entry.model > 0, "{plan:?}");
+    }
+
+    // fit counts the servers' memory: with what they report, every layer fits.
+    let servers = || ModelParams::default().rpc_servers(&[&a.endpoint, &b.endpoint]);
+    let margin = 1 << 20;
+    let all = llama_rs::fit(&path, servers(), ctx_params(), FitParams { margin, ..FitParams::default() }).unwrap();
+    assert_eq!(all.n_gpu_layers, None, "{all:?}");
+    let on = |plan: &[llama_rs::DeviceMemory], name: &str| -> u64 {
+        plan.iter().filter(|p| p.device == name).map(llama_rs::DeviceMemory::total).sum()
+    };
+    // With half of what the full plan needs free on each server, fit offloads
+    // fewer layers, and its plan leaves the margin on both.
+    let free: Vec<u64> = devices.iter().map(|d| on(&all.plan, &d.name) / 2 + margin).collect();
+    let part = llama_rs::fit(
+        &path,
+        servers(),
+        ctx_params(),
+        FitParams { margin, free: Some(free.clone()), ..FitParams::default() },
+    )
+    .unwrap();
+    let n_layer = remote.n_layer();
+    assert!(matches!(part.n_gpu_layers, Some(k) if k < n_layer), "{part:?} (model of {n_layer} layers)");
+    for (d, f) in devices.iter().zip(&free) {
+        assert!(on(&part.plan, &d.name) + margin <= *f, "{} over its free memory in {part:?}", d.name);
     }
 
     // Tensor split mode over RPC is refused with the reason.

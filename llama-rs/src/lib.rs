@@ -9,6 +9,12 @@
 //!
 //! llama.cpp's log lines go to [`tracing`] (target `llama_cpp`); the library
 //! prints nothing by itself.
+//!
+//! Feature `synthetic` (off by default) adds `llama_rs::synthetic`: a writer of
+//! llama- and Qwen3-architecture GGUF models of any shape with random weights
+//! and a working tokenizer, and of LoRA adapters for them, for tests and
+//! benchmarks that need no download.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
@@ -18,6 +24,7 @@ mod batch;
 mod chat;
 mod context;
 mod device;
+mod device_memory;
 mod embed;
 mod engine;
 mod error;
@@ -26,7 +33,6 @@ mod generate;
 mod gguf;
 mod guidance;
 mod hparams;
-mod memory;
 mod model;
 mod modules;
 mod quantize;
@@ -35,6 +41,7 @@ pub mod rpc;
 pub mod rpc_tls;
 mod sampler;
 mod state;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
 mod template;
 mod tools;
@@ -47,6 +54,10 @@ pub use batch::{Batch, Pos, SeqId, MAX_POS};
 pub use chat::{apply_chat_template, builtin_chat_templates, ChatMessage, ToolCall};
 pub use context::{Context, ContextParams, CtxSize, FlashAttention, KvType, PerfContext, DEFAULT_N_CTX};
 pub use device::{default_gpus, devices, Device, DeviceKind};
+pub use device_memory::{
+    all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
+    FitParams, INTERNAL_ALL_REDUCE_RESERVE, NCCL_RESERVE,
+};
 pub use embed::{EmbedParams, Embedder, Normalize, Pooling};
 pub use engine::{
     Completion, Engine, EngineParams, EngineStatus, Event, Finished, Logprobs, Request, RequestHandle, RequestStats,
@@ -56,10 +67,6 @@ pub use error::{Error, Result};
 pub use generate::{GenerateParams, Generation, GenerationStats, Piece, Prompt, StopReason};
 pub use guidance::Structured;
 pub use hparams::supported_architectures;
-pub use memory::{
-    all_reduce_for, all_reduce_reserve, fit, per_device, plan_memory, AllReduce, BufferMemory, DeviceMemory, Fit,
-    FitParams, INTERNAL_ALL_REDUCE_RESERVE, NCCL_RESERVE,
-};
 pub use model::{KvOverride, LoadMode, Model, ModelParams, SplitMode};
 pub use modules::{backend_modules, load_backend_dir, load_backend_module, pin_stamp, BackendModule};
 pub use quantize::{quantize, Ftype, QuantizeParams};

@@ -83,7 +83,7 @@ const TOKEN_TYPE_BYTE: i32 = 6;
 
 /// Rejects a model file that would make llama.cpp abort the process while
 /// loading it (see the module docs for the list), before llama.cpp sees it.
-#[cfg(test)]
+#[cfg(all(test, feature = "synthetic"))]
 pub(crate) fn validate_model_file(path: &Path) -> Result<()> {
     validate(&mut ModelFile::open(path)?, &[])
 }
@@ -438,7 +438,7 @@ fn validate_vocab(g: &Gguf) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "synthetic"))]
 mod tests {
     use super::*;
     use crate::error::Error;

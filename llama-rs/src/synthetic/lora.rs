@@ -1,8 +1,10 @@
 //! [`SyntheticLora`]: LoRA adapter files for synthetic models.
 
-use super::{GgufWriter, Role, SyntheticModel, TensorPlan};
+use super::layout::{Role, TensorPlan};
+use super::prng::{generate_rows, tensor_seed};
+use super::SyntheticModel;
 use crate::error::{Error, Result};
-use crate::ffi::cstring;
+use crate::gguf::GgufWriter;
 use llama_sys as sys;
 use std::io::Write;
 use std::path::Path;
@@ -160,8 +162,8 @@ impl SyntheticLora {
                             ty: sys::GGML_TYPE_F32,
                             role: Role::Output,
                         };
-                        let seed = super::tensor_seed(self.seed, (2 * i + k) as u64);
-                        super::generate_rows(&t, seed, 0, ne1 as usize)
+                        let seed = tensor_seed(self.seed, (2 * i + k) as u64);
+                        generate_rows(&t, seed, 0, ne1 as usize)
                     }
                 };
                 plan.push(TensorPlan {
@@ -184,13 +186,7 @@ impl SyntheticLora {
                     format!("{} values for shape [{ne0}, {ne1}]", values.len()),
                 ));
             }
-            if plan.iter().any(|t| &t.name == name) {
-                return Err(Error::invalid("LoRA tensor", name, "given twice"));
-            }
-            if name.len() >= sys::GGML_MAX_NAME as usize {
-                // ggml_set_name would cut it, and two cut names could clash.
-                return Err(Error::invalid("LoRA tensor", name, "names are at most 63 bytes"));
-            }
+            // Duplicate and over-long names: refused by add_tensors.
             plan.push(TensorPlan {
                 name: name.clone(),
                 ne0: *ne0,
@@ -211,26 +207,16 @@ impl SyntheticLora {
             g.set_f32("adapter.lora.alpha", alpha)?;
         }
         if !self.alora.is_empty() {
-            let k = cstring("gguf key", "adapter.alora.invocation_tokens")?;
-            // SAFETY: `alora` holds len u32, the size of GGUF_TYPE_UINT32; gguf copies them.
-            unsafe {
-                sys::gguf_set_arr_data(
-                    g.ctx.as_ptr(),
-                    k.as_ptr(),
-                    sys::GGUF_TYPE_UINT32,
-                    self.alora.as_ptr().cast(),
-                    self.alora.len(),
-                )
-            };
+            g.set_arr_u32("adapter.alora.invocation_tokens", &self.alora)?;
         }
-        g.add_tensors(&plan)?;
+        g.add_tensors(&plan.iter().map(TensorPlan::desc).collect::<Vec<_>>())?;
 
         let io = |e| Error::io(path, e);
         let mut out = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
         out.write_all(&g.meta_bytes()).map_err(io)?;
         let mut offset = 0;
         for (index, values) in data.iter().enumerate() {
-            debug_assert_eq!(g.tensor_offset(index), offset);
+            debug_assert_eq!(g.tensor_offset(index), Some(offset));
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let padded = bytes.len().next_multiple_of(g.alignment());
             out.write_all(&bytes).map_err(io)?;

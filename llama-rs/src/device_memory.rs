@@ -1,5 +1,6 @@
 //! Memory per device: what a context and its model hold, and the plan of
-//! what they would hold, computed before anything is allocated.
+//! what they would hold, computed before anything is allocated. (The KV
+//! cache's operations, llama.cpp's "memory" API, are `context/kv_cache.rs`.)
 
 use crate::context::{Context, ContextParams};
 use crate::error::Result;
@@ -308,7 +309,7 @@ pub fn fit(path: impl AsRef<Path>, params: ModelParams, ctx_params: ContextParam
         }
         None => {
             let now = crate::devices();
-            first.devices.iter().map(|d| now.get(d.index).map_or(0, |n| n.memory_free)).collect()
+            first.devices.iter().map(|d| now.iter().find(|n| n.index == d.index).map_or(0, |n| n.memory_free)).collect()
         }
     };
     let fits = |run: &DryRun| {
