@@ -23,11 +23,14 @@
 
 #[path = "bench_model.rs"]
 mod bench_model;
+#[path = "../examples/common/mod.rs"]
+mod common;
 #[allow(dead_code)]
 #[path = "tps_report.rs"]
 mod report;
 
 use bench_model::resolve_model;
+use common::args::{usage, Arg, ArgError, ArgResult, Args as Parser};
 use llama_rs::sys;
 use llama_rs::{
     ContextParams, Engine, EngineParams, EngineStatus, Event, FlashAttention, KvType, Model, ModelParams, Request,
@@ -148,7 +151,6 @@ impl Default for Args {
 /// Canonical name of a flag (aliases folded), and whether it takes a value.
 fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     Some(match flag {
-        "-h" | "--help" => ("-h", false),
         "--bench" => ("--bench", false),
         "-pps" => ("-pps", false),
         "-m" | "--model" => ("-m", true),
@@ -173,18 +175,19 @@ fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     })
 }
 
-/// (flag, value) pairs of one source.
-fn pairs(tokens: &[String], source: &str) -> Result<Vec<(&'static str, String)>, String> {
+/// (flag, value) pairs of one source, read with the parser the examples
+/// share (`examples/common/args.rs`); `-h` comes back as [`ArgError::Help`].
+fn pairs(tokens: &[String], source: &str) -> ArgResult<Vec<(&'static str, String)>> {
+    let in_source = |e: ArgError| match e {
+        ArgError::Usage(m) => usage(format!("{m} (in {source})")),
+        help => help,
+    };
+    let mut p = Parser::from_args(tokens);
     let mut out = Vec::new();
-    let mut it = tokens.iter();
-    while let Some(tok) = it.next() {
-        let (flag, takes_value) =
-            canonical(tok).ok_or_else(|| format!("unknown option {tok:?} in {source} (see -h)"))?;
-        let value = if takes_value {
-            it.next().ok_or_else(|| format!("{tok} needs a value (in {source})"))?.clone()
-        } else {
-            String::new()
-        };
+    while let Some(arg) = p.next().map_err(in_source)? {
+        let Arg::Flag(tok) = &arg else { return Err(in_source(p.unexpected(arg))) };
+        let (flag, takes_value) = canonical(tok).ok_or_else(|| usage(format!("unknown option {tok} in {source}")))?;
+        let value = if takes_value { p.value().map_err(in_source)? } else { String::new() };
         out.push((flag, value));
     }
     Ok(out)
@@ -205,8 +208,8 @@ fn positive(flag: &str, s: &str) -> Result<u32, String> {
 }
 
 /// Parses `LLAMA_BATCHED_BENCH_ARGS` (whitespace-separated) then the command
-/// line. Returns `None` after printing the usage for `-h`.
-fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> {
+/// line; `-h` in either comes back as [`ArgError::Help`].
+fn parse(env: Option<&str>, cli: &[String]) -> ArgResult<Args> {
     let env_tokens: Vec<String> = env.unwrap_or("").split_whitespace().map(String::from).collect();
     let env_pairs = pairs(&env_tokens, ENV_ARGS)?;
     let cli_pairs = pairs(cli, "the command line")?;
@@ -233,10 +236,6 @@ fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> {
                 .collect()
         };
         match flag {
-            "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
             "--bench" => {} // added by `cargo bench` to harness = false targets
             "-pps" => a.pps = true,
             "-m" if value.is_empty() => return Err("-m: empty model path".into()),
@@ -275,14 +274,14 @@ fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> {
                     "md" => Output::Md,
                     "json" => Output::Json,
                     "jsonl" => Output::Jsonl,
-                    v => return Err(format!("-o {v:?}: expected md, json or jsonl")),
+                    v => return Err(format!("-o {v:?}: expected md, json or jsonl").into()),
                 }
             }
             "--timeout" => a.timeout = Duration::from_secs(positive(flag, &value)?.into()),
             _ => unreachable!("canonical() lists every flag"),
         }
     }
-    Ok(Some(a))
+    Ok(a)
 }
 
 fn fa_code(fa: FlashAttention) -> i32 {
@@ -821,23 +820,10 @@ fn json_record(b: &RecordBase, a: &Args, n_ctx: u32, c: &Combo, api: &str, s: &S
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::log::init("error");
     let cli: Vec<String> = std::env::args().skip(1).collect();
     let env = std::env::var(ENV_ARGS).ok();
-    let a = match parse(env.as_deref(), &cli) {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let a = common::args::exit_on_error(USAGE, parse(env.as_deref(), &cli));
     match run(&a) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -881,7 +867,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
         .main_gpu(a.main_gpu)
         .tensor_split(&a.tensor_split);
     let model = Arc::new(
-        Model::load_with(&spec.path, params)
+        common::progress::load_model(&spec.path, params)
             .map_err(|e| format!("{} (split mode {}, ngl {}): {e}", spec.path.display(), a.split, a.ngl))?,
     );
     let n_vocab = model.vocab().n_tokens();

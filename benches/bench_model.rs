@@ -1,6 +1,7 @@
 //! The `-m` argument of the benchmarks (`tokens_per_second`, `batched`): a
 //! GGUF path, or `synthetic:<tiny|small|8b|70b>[:<type>]`, a model of that
-//! shape with random weights written once into the fixture folder.
+//! shape with random weights written once into the fixture folder (with a
+//! progress bar when stderr is a terminal).
 
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind, WeightType};
 use std::io::Write;
@@ -40,7 +41,8 @@ pub fn resolve_model(spec: &str, info: &mut dyn Write) -> Result<ModelSpec, Box<
     if !path.is_file() {
         writeln!(info, "writing synthetic model {spec} to {} (once) ...", path.display())?;
     }
-    let path = synthetic.write_cached(&dir)?;
+    // A bar of the bytes written on a terminal (stderr), as the examples do.
+    let path = crate::common::progress::write_synthetic_cached(&synthetic, &dir)?;
     let name = format!("synthetic {shape_name} {} (random weights)", type_name.to_uppercase());
     Ok(ModelSpec { path, synthetic_name: Some(name) })
 }

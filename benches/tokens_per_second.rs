@@ -24,6 +24,8 @@
 mod args;
 #[path = "bench_model.rs"]
 mod bench_model;
+#[path = "../examples/common/mod.rs"]
+mod common;
 #[path = "tps_raw.rs"]
 mod raw;
 #[path = "tps_report.rs"]
@@ -286,7 +288,7 @@ fn choose_split(
     let label = if probe.n_prompt > 0 { format!("pp{}", probe.n_prompt) } else { format!("tg{}", probe.n_gen) };
     let mut results = Vec::new();
     for mode in [SplitMode::Layer, SplitMode::Tensor] {
-        let r = Model::load_with(&spec.path, conf.params(mode))
+        let r = common::progress::load_model(&spec.path, conf.params(mode))
             .map_err(BoxError::from)
             .and_then(|m| mean_tps(&probe, 2, &m));
         results.push((mode, r));
@@ -440,23 +442,10 @@ fn overhead(model: &Model, t: &Test, p: u32, n: u32, rounds: usize) -> Result<Ve
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    common::log::init("error");
     let cli: Vec<String> = std::env::args().skip(1).collect();
     let env = std::env::var("LLAMA_BENCH_ARGS").ok();
-    let a = match args::parse(env.as_deref(), &cli) {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}\n\n{}", args::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    let a = common::args::exit_on_error(args::USAGE, args::parse(env.as_deref(), &cli));
     match run(&a) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -538,7 +527,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
             continue;
         };
         let spec = &specs[conf.model];
-        let model = match Model::load_with(&spec.path, conf.params(mode)) {
+        let model = match common::progress::load_model(&spec.path, conf.params(mode)) {
             Ok(m) => m,
             Err(e) => {
                 eprintln!("error: {} (split mode {mode}, ngl {}): {e}", spec.path.display(), conf.ngl);

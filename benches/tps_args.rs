@@ -1,7 +1,9 @@
 //! Command line of the `tokens_per_second` bench: llama-bench's flags, each
 //! taking a comma list (one table row per combination), also read from the
-//! `LLAMA_BENCH_ARGS` environment variable.
+//! `LLAMA_BENCH_ARGS` environment variable. Both are read with the parser
+//! the examples share (`examples/common/args.rs`).
 
+use crate::common::args::{usage, Arg, ArgError, ArgResult, Args as Parser};
 use llama_rs::{FlashAttention, KvType, SplitMode};
 
 pub const USAGE: &str = "\
@@ -27,6 +29,8 @@ options:
   --workload <w>              pp|tg: what -sm auto optimises for (default tg)
   -ts, --tensor-split <s>     share per GPU, '/' inside one value: 3/1 (default: llama.cpp's)
   -mg, --main-gpu <i>         GPU for -sm none (default 0)
+  --rpc <host:port,...>       RPC servers whose devices come first in every model's device list
+                              (feature rpc)
   -fa, --flash-attn <f>       auto|on|off, also 1|0|-1 (default auto)
   -ctk, --cache-type-k <t>    K cache type: f32|f16|bf16|q8_0|q4_0|q4_1|iq4_nl|q5_0|q5_1 (default f16)
   -ctv, --cache-type-v <t>    V cache type (default f16)
@@ -132,7 +136,6 @@ impl Default for Args {
 /// Canonical name of a flag (aliases folded), and whether it takes a value.
 fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     Some(match flag {
-        "-h" | "--help" => ("-h", false),
         "--bench" => ("--bench", false),
         "--no-overhead" => ("--no-overhead", false),
         "-m" | "--model" => ("-m", true),
@@ -159,18 +162,18 @@ fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     })
 }
 
-/// (flag, value) pairs of one source.
-fn pairs(tokens: &[String], source: &str) -> Result<Vec<(&'static str, String)>, String> {
+/// (flag, value) pairs of one source; `-h` comes back as [`ArgError::Help`].
+fn pairs(tokens: &[String], source: &str) -> ArgResult<Vec<(&'static str, String)>> {
+    let in_source = |e: ArgError| match e {
+        ArgError::Usage(m) => usage(format!("{m} (in {source})")),
+        help => help,
+    };
+    let mut p = Parser::from_args(tokens);
     let mut out = Vec::new();
-    let mut it = tokens.iter();
-    while let Some(tok) = it.next() {
-        let (flag, takes_value) =
-            canonical(tok).ok_or_else(|| format!("unknown option {tok:?} in {source} (see -h)"))?;
-        let value = if takes_value {
-            it.next().ok_or_else(|| format!("{tok} needs a value (in {source})"))?.clone()
-        } else {
-            String::new()
-        };
+    while let Some(arg) = p.next().map_err(in_source)? {
+        let Arg::Flag(tok) = &arg else { return Err(in_source(p.unexpected(arg))) };
+        let (flag, takes_value) = canonical(tok).ok_or_else(|| usage(format!("unknown option {tok} in {source}")))?;
+        let value = if takes_value { p.value().map_err(in_source)? } else { String::new() };
         out.push((flag, value));
     }
     Ok(out)
@@ -187,9 +190,9 @@ where
     s.parse::<T>().map_err(|e| format!("{s:?}: {e}"))
 }
 
-/// Parses `LLAMA_BENCH_ARGS` (whitespace-separated) then the command line.
-/// Returns `None` after printing the usage for `-h`.
-pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> {
+/// Parses `LLAMA_BENCH_ARGS` (whitespace-separated) then the command line;
+/// `-h` in either comes back as [`ArgError::Help`].
+pub fn parse(env: Option<&str>, cli: &[String]) -> ArgResult<Args> {
     let env_tokens: Vec<String> = env.unwrap_or("").split_whitespace().map(String::from).collect();
     let env_pairs = pairs(&env_tokens, "LLAMA_BENCH_ARGS")?;
     let cli_pairs = pairs(cli, "the command line")?;
@@ -217,10 +220,6 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
             }};
         }
         match flag {
-            "-h" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
             "--bench" => {} // added by `cargo bench` to harness = false targets
             "--no-overhead" => a.overhead = false,
             "-m" => {
@@ -231,7 +230,9 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
             "-pg" => {
                 let v: Vec<u32> = list(flag, &value, num::<u32>)?;
                 if v.len() != 2 {
-                    return Err(format!("-pg {value:?}: expected two numbers, pp,tg (repeat -pg for more pairs)"));
+                    return Err(
+                        format!("-pg {value:?}: expected two numbers, pp,tg (repeat -pg for more pairs)").into()
+                    );
                 }
                 a.pg.push((v[0], v[1]));
             }
@@ -247,7 +248,7 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
                 a.workload = match value.as_str() {
                     "pp" | "prompt" => Workload::Pp,
                     "tg" | "gen" | "generation" => Workload::Tg,
-                    v => return Err(format!("--workload {v:?}: expected pp or tg")),
+                    v => return Err(format!("--workload {v:?}: expected pp or tg").into()),
                 }
             }
             "-ts" => set!(tensor_split, |s| s
@@ -267,7 +268,7 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
                 a.output = match value.as_str() {
                     "md" => Output::Md,
                     "json" => Output::Json,
-                    v => return Err(format!("-o {v:?}: expected md or json")),
+                    v => return Err(format!("-o {v:?}: expected md or json").into()),
                 }
             }
             "--overhead-reps" => {
@@ -290,7 +291,7 @@ pub fn parse(env: Option<&str>, cli: &[String]) -> Result<Option<Args>, String> 
             a.shown.push(flag);
         }
     }
-    Ok(Some(a))
+    Ok(a)
 }
 
 fn positive(s: &str) -> Result<u32, String> {

@@ -3,13 +3,45 @@
 //! `cargo run --release --example info -- [PATH]`
 //!
 //! Without PATH only the devices are listed. Any failure prints `error: ...`
-//! to stderr and exits with status 1.
+//! to stderr and exits with status 1; a bad command line exits with 2.
 
-use llama_rs::{Model, ModelParams};
+#[path = "common/mod.rs"]
+mod common;
+
+use common::args::{self, Arg, ArgResult, Args};
+use llama_rs::ModelParams;
 use std::process::ExitCode;
 
+const HELP: &str = "\
+usage: info [[-m] PATH]
+
+Lists the devices llama.cpp sees, then the metadata of the GGUF model at PATH (if given).
+
+  -m, --model PATH   the model (or PATH alone)
+  -h, --help         this text
+
+Logs go to stderr: llama.cpp's warnings and errors unless RUST_LOG says otherwise.";
+
+fn parse_args(a: &mut Args) -> ArgResult<Option<String>> {
+    let mut path = None;
+    while let Some(arg) = a.next()? {
+        let value = match &arg {
+            Arg::Flag(f) if f == "-m" || f == "--model" => a.value()?,
+            Arg::Value(v) => v.clone(),
+            Arg::Flag(_) => return Err(a.unexpected(arg)),
+        };
+        if path.is_some() {
+            return Err(args::usage("expected at most one model path"));
+        }
+        path = Some(value);
+    }
+    Ok(path)
+}
+
 fn main() -> ExitCode {
-    match run() {
+    common::log::init(common::log::DEFAULT_FILTER);
+    let path = args::parse_or_exit(HELP, parse_args);
+    match run(path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -18,15 +50,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("usage: info [PATH]\n  lists the devices, then the metadata of the GGUF model at PATH");
-        return Ok(());
-    }
-    if args.len() > 1 {
-        return Err(format!("expected at most one model path, got {}", args.len()).into());
-    }
+fn run(path: Option<String>) -> Result<(), Box<dyn std::error::Error>> {
     let backends = if llama_rs::sys::DYNAMIC_BACKENDS {
         let modules = llama_rs::backend_modules();
         for m in modules.iter().filter(|m| m.error.is_some()) {
@@ -60,8 +84,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("no GPU backend compiled in: models run on the CPU");
         }
     }
-    let Some(path) = args.first() else { return Ok(()) };
-    let model = Model::load_with(path, ModelParams::default())?;
+    let Some(path) = path else { return Ok(()) };
+    let model = common::progress::load_model(&path, ModelParams::default())?;
     let vocab = model.vocab();
     println!("model: {path}");
     println!("  architecture: {}", model.architecture());

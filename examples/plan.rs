@@ -9,15 +9,88 @@
 //!     [-ctk TYPE] [-ctv TYPE] [--fit] [--margin MIB]
 //! ```
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::args::{self, num, Arg, ArgResult, Args};
 use llama_rs::synthetic::{ModelShape, SyntheticModel, VocabKind};
-use llama_rs::{ContextParams, FitParams, ModelParams, SplitMode};
+use llama_rs::{ContextParams, FitParams, KvType, ModelParams, SplitMode};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: plan [--model PATH] [-c N_CTX] [-ngl N] [--split-mode none|layer|row|tensor] \
-[--tensor-split 3,1] [--main-gpu I] [--devices 1,2] [-ctk TYPE] [-ctv TYPE] [--fit] [--margin MIB]";
+const HELP: &str = "\
+usage: plan [-m PATH] [-c N_CTX] [-ngl N] [-sm none|layer|row|tensor] [-ts 3,1] [-mg I] [--devices 1,2]
+            [-ctk TYPE] [-ctv TYPE] [--fit] [--margin MIB]
+
+Prints, before loading anything, the bytes each device will hold for the model and a context: weights,
+KV cache, compute buffers (and the all-reduce buffers of -sm tensor). With --fit, first chooses
+n_gpu_layers and n_ctx so that every GPU keeps --margin free.
+
+  -m,   --model PATH          GGUF model (default: the small synthetic model, written once)
+  -c,   --ctx-size N          context length (default 4096)
+  -ngl, --n-gpu-layers N      layers on the GPUs (also --gpu-layers; default, -1 or all: all)
+  -sm,  --split-mode MODE     none|layer|row|tensor (default layer)
+  -ts,  --tensor-split 3,1    share of the model per GPU (also 3/1)
+  -mg,  --main-gpu I          the GPU of -sm none (default 0)
+        --devices 1,2         the devices to use, by index (see the info example; default: every GPU)
+  -ctk, --cache-type-k TYPE   K cache type: f32|f16|bf16|q8_0|q4_0|q4_1|iq4_nl|q5_0|q5_1 (default f16)
+  -ctv, --cache-type-v TYPE   V cache type (default f16)
+        --fit                 choose n_gpu_layers and n_ctx to fit (-c is then the most it may choose)
+        --margin MIB          memory each GPU keeps free with --fit (default 1024)
+  -h,   --help                this text";
+
+struct Params {
+    model: Option<PathBuf>,
+    n_ctx: u32,
+    ngl: Option<u32>,
+    sm: SplitMode,
+    ts: Vec<f32>,
+    mg: usize,
+    devices: Option<Vec<usize>>,
+    ctk: Option<KvType>,
+    ctv: Option<KvType>,
+    fit: bool,
+    margin: u64,
+}
+
+fn parse_args(a: &mut Args) -> ArgResult<Params> {
+    let mut p = Params {
+        model: None,
+        n_ctx: 4096,
+        ngl: None,
+        sm: SplitMode::Layer,
+        ts: Vec::new(),
+        mg: 0,
+        devices: None,
+        ctk: None,
+        ctv: None,
+        fit: false,
+        margin: 1024,
+    };
+    while let Some(arg) = a.next()? {
+        let Arg::Flag(flag) = &arg else { return Err(a.unexpected(arg)) };
+        match flag.as_str() {
+            "--fit" => p.fit = true,
+            "-m" | "--model" => p.model = Some(a.value()?.into()),
+            "-c" | "--ctx-size" => p.n_ctx = a.parse_with(num)?,
+            "-ngl" | "--n-gpu-layers" | "--gpu-layers" => p.ngl = a.parse_with(args::gpu_layers)?,
+            "-sm" | "--split-mode" => p.sm = a.parse()?,
+            "-ts" | "--tensor-split" => p.ts = a.parse_with(args::tensor_split)?,
+            "-mg" | "--main-gpu" => p.mg = a.parse_with(num)?,
+            "--devices" | "-dev" | "--device" => p.devices = Some(a.parse_with(args::list)?),
+            "-ctk" | "--cache-type-k" => p.ctk = Some(a.parse()?),
+            "-ctv" | "--cache-type-v" => p.ctv = Some(a.parse()?),
+            "--margin" => p.margin = a.parse_with(num)?,
+            _ => return Err(a.unexpected(arg)),
+        }
+    }
+    Ok(p)
+}
 
 fn main() -> ExitCode {
-    match run() {
+    common::log::init(common::log::DEFAULT_FILTER);
+    let p = args::parse_or_exit(HELP, parse_args);
+    match run(p) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -30,43 +103,13 @@ fn mib(b: u64) -> String {
     format!("{:.1}", b as f64 / (1u64 << 20) as f64)
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut model, mut n_ctx, mut ngl, mut sm, mut ts, mut mg) = (None, 4096u32, None, SplitMode::Layer, vec![], 0);
-    let (mut devices, mut ctk, mut ctv, mut do_fit, mut margin) = (None, None, None, false, 1024u64);
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        match flag.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "--fit" => {
-                do_fit = true;
-                continue;
-            }
-            _ => {}
-        }
-        let v = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
-        match flag.as_str() {
-            "--model" | "-m" => model = Some(v),
-            "-c" | "--ctx-size" => n_ctx = v.parse()?,
-            "-ngl" | "--n-gpu-layers" => ngl = Some(v.parse()?),
-            "--split-mode" | "-sm" => sm = v.parse()?,
-            "--tensor-split" | "-ts" => ts = v.split([',', '/']).map(|x| x.trim().parse()).collect::<Result<_, _>>()?,
-            "--main-gpu" | "-mg" => mg = v.parse()?,
-            "--devices" => devices = Some(v.split(',').map(|x| x.trim().parse()).collect::<Result<Vec<usize>, _>>()?),
-            "-ctk" => ctk = Some(v.parse()?),
-            "-ctv" => ctv = Some(v.parse()?),
-            "--margin" => margin = v.parse()?,
-            _ => return Err(format!("unknown argument {flag}\n{USAGE}").into()),
-        }
-    }
+fn run(p: Params) -> Result<(), Box<dyn std::error::Error>> {
+    let Params { model, n_ctx, ngl, sm, ts, mg, devices, ctk, ctv, fit: do_fit, margin } = p;
     let path = match model {
-        Some(p) => p.into(),
+        Some(p) => p,
         None => {
-            let p = SyntheticModel::new(ModelShape::small())
-                .vocab(VocabKind::Spm)
-                .write_cached(llama_rs_suite::FIXTURE_DIR)?;
+            let synthetic = SyntheticModel::new(ModelShape::small()).vocab(VocabKind::Spm);
+            let p = common::progress::write_synthetic_cached(&synthetic, llama_rs_suite::FIXTURE_DIR)?;
             eprintln!("no --model given: planning the small synthetic model {}", p.display());
             p
         }

@@ -10,27 +10,36 @@
 //! server then listens on loopback only and a TLS tunnel on HOST:PORT lets in
 //! authenticated clients only. See docs/rpc.md.
 
+#[path = "common/mod.rs"]
+mod common;
+
+use common::args::{self, num, Arg, ArgResult, Args};
 use llama_rs::rpc::{self, RpcServerParams};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: rpc-server [-H HOST] [-p PORT] [-d DEV,...] [-t N] [-c] [--cache-dir DIR]
+const HELP: &str = "usage: rpc-server [-H HOST] [-p PORT] [-d DEV,...] [-t N] [-c] [--cache-dir DIR]
                   [--insecure-allow-remote]
                   [--tls-cert PEM --tls-key PEM --tls-client-ca PEM | --psk-file FILE]
-  -H HOST                  address to listen on (default 127.0.0.1)
-  -p PORT                  port (default 50052)
-  -d DEV,...               devices to serve, by name (CUDA0, ROCm1, CPU) or index (default: every GPU, else the CPU)
-  -t N                     CPU threads of a served CPU device (default: physical cores)
-  -c                       keep large tensors in a local cache (~/.cache/llama.cpp/rpc, or --cache-dir)
+
+Serves this machine's devices to llama-rs or llama.cpp clients through ggml's RPC backend.
+
+  -H, --host HOST          address to listen on (default 127.0.0.1)
+  -p, --port PORT          port (default 50052)
+  -d, --device DEV,...     devices to serve, by name (CUDA0, ROCm1, CPU) or index (default: every GPU, else the CPU)
+  -t, --threads N          CPU threads of a served CPU device (default: physical cores)
+  -c, --cache              keep large tensors in a local cache (~/.cache/llama.cpp/rpc, or --cache-dir)
   --cache-dir DIR          the cache folder (implies -c)
   --insecure-allow-remote  serve plain RPC on a non-loopback HOST (no authentication: trusted networks only)
   --tls-cert PEM           this server's certificate chain (TLS tunnel; feature rpc-tls)
   --tls-key PEM            its private key
   --tls-client-ca PEM      the CA that signs the clients' certificates
   --psk-file FILE          a shared secret of at least 32 bytes instead of certificates
-  -h, --help               this text";
+  -h, --help               this text
 
-struct Args {
+Logs go to stderr (RUST_LOG, default info).";
+
+struct Params {
     host: String,
     port: u16,
     devices: Option<String>,
@@ -44,21 +53,8 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let args = match parse(std::env::args().skip(1).collect()) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    common::log::init("info");
+    let args = args::parse_or_exit(HELP, parse);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -68,8 +64,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
-    let mut a = Args {
+fn parse(p: &mut Args) -> ArgResult<Params> {
+    let mut a = Params {
         host: "127.0.0.1".into(),
         port: 50052,
         devices: None,
@@ -81,30 +77,30 @@ fn parse(argv: Vec<String>) -> Result<Option<Args>, String> {
         tls_ca: None,
         psk: None,
     };
-    let mut it = argv.into_iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+    while let Some(arg) = p.next()? {
+        let Arg::Flag(flag) = &arg else { return Err(p.unexpected(arg)) };
         match flag.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "-H" | "--host" => a.host = value(&flag)?,
-            "-p" | "--port" => a.port = value(&flag)?.parse().map_err(|_| "-p takes a port number".to_string())?,
-            "-d" | "--device" => a.devices = Some(value(&flag)?),
-            "-t" | "--threads" => a.threads = Some(value(&flag)?.parse().map_err(|_| "-t takes a number".to_string())?),
+            "-H" | "--host" => a.host = p.value()?,
+            "-p" | "--port" => a.port = p.parse_with(|v| num(v).map_err(|_| "expected a port number".to_string()))?,
+            "-d" | "--device" => a.devices = Some(p.value()?),
+            "-t" | "--threads" => {
+                a.threads = Some(p.parse_with(|v| num(v).map_err(|_| "expected a number".to_string()))?)
+            }
             "-c" | "--cache" => {
                 if a.cache.is_none() {
-                    a.cache = Some(default_cache()?);
+                    a.cache = Some(default_cache().map_err(args::usage)?);
                 }
             }
-            "--cache-dir" => a.cache = Some(PathBuf::from(value(&flag)?)),
+            "--cache-dir" => a.cache = Some(PathBuf::from(p.value()?)),
             "--insecure-allow-remote" => a.insecure = true,
-            "--tls-cert" => a.tls_cert = Some(PathBuf::from(value(&flag)?)),
-            "--tls-key" => a.tls_key = Some(PathBuf::from(value(&flag)?)),
-            "--tls-client-ca" => a.tls_ca = Some(PathBuf::from(value(&flag)?)),
-            "--psk-file" => a.psk = Some(PathBuf::from(value(&flag)?)),
-            other => return Err(format!("unknown flag {other}")),
+            "--tls-cert" => a.tls_cert = Some(PathBuf::from(p.value()?)),
+            "--tls-key" => a.tls_key = Some(PathBuf::from(p.value()?)),
+            "--tls-client-ca" => a.tls_ca = Some(PathBuf::from(p.value()?)),
+            "--psk-file" => a.psk = Some(PathBuf::from(p.value()?)),
+            _ => return Err(p.unexpected(arg)),
         }
     }
-    Ok(Some(a))
+    Ok(a)
 }
 
 fn default_cache() -> Result<PathBuf, String> {
@@ -132,7 +128,7 @@ fn device_indices(list: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-fn server_params(a: &Args, endpoint: &str) -> Result<RpcServerParams, Box<dyn std::error::Error>> {
+fn server_params(a: &Params, endpoint: &str) -> Result<RpcServerParams, Box<dyn std::error::Error>> {
     let mut params = RpcServerParams::new(endpoint).insecure_allow_remote(a.insecure);
     if let Some(list) = &a.devices {
         params = params.devices(&device_indices(list)?);
@@ -146,7 +142,7 @@ fn server_params(a: &Args, endpoint: &str) -> Result<RpcServerParams, Box<dyn st
     Ok(params)
 }
 
-fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
+fn run(a: Params) -> Result<(), Box<dyn std::error::Error>> {
     let tls = a.tls_cert.is_some() || a.tls_key.is_some() || a.tls_ca.is_some() || a.psk.is_some();
     if tls {
         #[cfg(feature = "rpc-tls")]
@@ -164,7 +160,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// Plain RPC on a free loopback port, a TLS tunnel on HOST:PORT in front.
 #[cfg(feature = "rpc-tls")]
-fn serve_tls(a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+fn serve_tls(a: &Params) -> Result<(), Box<dyn std::error::Error>> {
     use llama_rs::rpc_tls::{TlsAuth, TlsServer};
     let auth = match (&a.psk, &a.tls_cert, &a.tls_key, &a.tls_ca) {
         (Some(psk), None, None, None) => TlsAuth::psk_from_file(psk)?,

@@ -26,8 +26,11 @@
 //! `--tool-format` for a template that shows none.
 
 mod api;
+#[path = "../common/mod.rs"]
+mod common;
 mod openai;
 
+use common::args::{self as cli, num, Arg};
 use llama_rs::{
     ChatTemplate, ContextParams, EmbedParams, Embedder, Engine, EngineParams, Model, ModelParams, Pooling, SplitMode,
     ToolCallFormat,
@@ -38,6 +41,8 @@ use std::sync::Arc;
 
 const USAGE: &str = "usage: server -m PATH [options]
 
+An OpenAI-compatible HTTP server: requests decoded together on one model (continuous batching).
+
   -m,  --model PATH          GGUF model to serve (required)
   -a,  --alias NAME          model name for clients (default: the file name)
        --host HOST           address to listen on (default 127.0.0.1)
@@ -46,9 +51,9 @@ const USAGE: &str = "usage: server -m PATH [options]
   -np, --parallel N          slots: requests decoded at once (default 4)
   -b,  --batch-size N        most tokens per decode step (default 2048, n_batch)
   -t,  --threads N           CPU threads (default: the physical cores)
-  -ngl, --n-gpu-layers N     layers on the GPUs (default: all; -1 as well)
+  -ngl, --n-gpu-layers N     layers on the GPUs (also --gpu-layers; default: all; -1 or all as well)
   -sm, --split-mode MODE     none|layer|row|tensor (default layer)
-  -ts, --tensor-split 3,1    share of the model per GPU
+  -ts, --tensor-split 3,1    share of the model per GPU (also 3/1)
   -mg, --main-gpu I          GPU for split mode none (default 0)
        --tool-format FORMAT  hermes|llama3|mistral: how the model writes tool calls
                              (default: from its chat template; needed for tools when it shows none)
@@ -59,8 +64,8 @@ const USAGE: &str = "usage: server -m PATH [options]
                              (a classifier head, rank pooling)
   -h,  --help                this text
 
-Logs go to stderr (RUST_LOG, default `warn,server=info`). Once bound, prints
-`listening on http://HOST:PORT` to stdout.";
+Logs go to stderr (RUST_LOG, default `warn,server=info`). Loading shows a progress bar
+when stderr is a terminal. Once bound, prints `listening on http://HOST:PORT` to stdout.";
 
 struct Args {
     model: PathBuf,
@@ -91,8 +96,8 @@ fn parse_tool_format(s: &str) -> Result<ToolCallFormat, String> {
     }
 }
 
-/// `Err(None)`: help asked for; `Err(Some(message))`: a usage error.
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<String>> {
+/// The command line; `-h` and usage errors come back as [`cli::ArgError`].
+fn parse_args(p: &mut cli::Args) -> cli::ArgResult<Args> {
     let mut model = None;
     let mut a = Args {
         model: PathBuf::new(),
@@ -112,104 +117,36 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Args, Option<Str
         reranking: false,
         pooling: None,
     };
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        if arg == "-h" || arg == "--help" {
-            return Err(None);
-        }
-        // `--flag=value` as well as `--flag value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
-            _ => (arg, None),
-        };
-        // Switches: no value.
-        let switch = match flag.as_str() {
-            "--embeddings" | "--embedding" => Some(&mut a.embeddings),
-            "--reranking" | "--rerank" => Some(&mut a.reranking),
-            _ => None,
-        };
-        if let Some(on) = switch {
-            if inline.is_some() {
-                return Err(Some(format!("{flag} takes no value")));
-            }
-            *on = true;
-            continue;
-        }
-        let known = [
-            "-m",
-            "--model",
-            "-a",
-            "--alias",
-            "--host",
-            "--port",
-            "-c",
-            "--ctx-size",
-            "-np",
-            "--parallel",
-            "-b",
-            "--batch-size",
-            "-t",
-            "--threads",
-            "-ngl",
-            "--n-gpu-layers",
-            "--gpu-layers",
-            "-sm",
-            "--split-mode",
-            "-ts",
-            "--tensor-split",
-            "-mg",
-            "--main-gpu",
-            "--tool-format",
-            "--pooling",
-        ];
-        if !known.contains(&flag.as_str()) {
-            return Err(Some(format!("unknown argument {flag}")));
-        }
-        let value = match inline.or_else(|| it.next()) {
-            Some(v) => v,
-            None => return Err(Some(format!("{flag} needs a value"))),
-        };
-        let bad = |e: &dyn std::fmt::Display| Some(format!("{flag} {value}: {e}"));
+    while let Some(arg) = p.next()? {
+        let Arg::Flag(flag) = &arg else { return Err(p.unexpected(arg)) };
         match flag.as_str() {
-            "-m" | "--model" => model = Some(PathBuf::from(&value)),
-            "-a" | "--alias" => a.alias = Some(value.clone()),
-            "--host" => a.host = value.clone(),
-            "--port" => a.port = value.parse().map_err(|e| bad(&e))?,
-            "-c" | "--ctx-size" => {
-                let n: u32 = value.parse().map_err(|e| bad(&e))?;
-                // llama-server's 0: the model's training length.
-                a.ctx_size = Some(n);
-            }
+            "--embeddings" | "--embedding" => a.embeddings = true,
+            "--reranking" | "--rerank" => a.reranking = true,
+            "-m" | "--model" => model = Some(PathBuf::from(p.value()?)),
+            "-a" | "--alias" => a.alias = Some(p.value()?),
+            "--host" => a.host = p.value()?,
+            "--port" => a.port = p.parse_with(num)?,
+            // llama-server's 0: the model's training length.
+            "-c" | "--ctx-size" => a.ctx_size = Some(p.parse_with(num)?),
             "-np" | "--parallel" => {
-                a.parallel = value.parse().map_err(|e| bad(&e))?;
-                if a.parallel == 0 {
-                    return Err(bad(&"needs at least one slot"));
-                }
+                a.parallel = p.parse_with(|v| cli::positive(v).map_err(|_| "needs at least one slot".into()))?
             }
-            "-b" | "--batch-size" => a.batch = Some(value.parse().map_err(|e| bad(&e))?),
-            "-t" | "--threads" => a.threads = Some(value.parse().map_err(|e| bad(&e))?),
-            "-ngl" | "--n-gpu-layers" | "--gpu-layers" => {
-                let n: i64 = value.parse().map_err(|e| bad(&e))?;
-                a.ngl = (n >= 0).then_some(n.min(u32::MAX as i64) as u32);
-            }
-            "-sm" | "--split-mode" => a.split_mode = value.parse().map_err(|e| bad(&e))?,
-            "-ts" | "--tensor-split" => {
-                a.tensor_split = value
-                    .split([',', '/'])
-                    .map(|s| s.trim().parse::<f32>())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| bad(&e))?
-            }
-            "-mg" | "--main-gpu" => a.main_gpu = value.parse().map_err(|e| bad(&e))?,
-            "--tool-format" => a.tool_format = Some(parse_tool_format(&value).map_err(|e| bad(&e))?),
+            "-b" | "--batch-size" => a.batch = Some(p.parse_with(num)?),
+            "-t" | "--threads" => a.threads = Some(p.parse_with(num)?),
+            "-ngl" | "--n-gpu-layers" | "--gpu-layers" => a.ngl = p.parse_with(cli::gpu_layers)?,
+            "-sm" | "--split-mode" => a.split_mode = p.parse()?,
+            "-ts" | "--tensor-split" => a.tensor_split = p.parse_with(cli::tensor_split)?,
+            "-mg" | "--main-gpu" => a.main_gpu = p.parse_with(num)?,
+            "--tool-format" => a.tool_format = Some(p.parse_with(parse_tool_format)?),
             "--pooling" => {
-                let p: Pooling = value.parse().map_err(|_| bad(&"expected none, mean, cls, last or rank"))?;
-                a.pooling = Some(p);
+                a.pooling = Some(p.parse_with(|v| {
+                    v.parse::<Pooling>().map_err(|_| "expected none, mean, cls, last or rank".to_string())
+                })?)
             }
-            _ => unreachable!("every known flag is matched"),
+            _ => return Err(p.unexpected(arg)),
         }
     }
-    a.model = model.ok_or_else(|| Some("-m/--model is required".to_string()))?;
+    a.model = model.ok_or_else(|| cli::usage("-m/--model is required"))?;
     Ok(a)
 }
 
@@ -294,24 +231,8 @@ fn new_embedder(
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,server=info")),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
-        Err(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(Some(e)) => {
-            eprintln!("error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    common::log::init("warn,server=info");
+    let args = cli::parse_or_exit(USAGE, parse_args);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -327,7 +248,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .split_mode(args.split_mode)
         .tensor_split(&args.tensor_split)
         .main_gpu(args.main_gpu);
-    let model = Arc::new(Model::load_with(&args.model, params)?);
+    let model = Arc::new(common::progress::load_model(&args.model, params)?);
     // Embeddings and reranking: refused before the engine starts.
     let embed_with = if args.embeddings { Some(embed_pooling(args.pooling, model.pooling())?) } else { None };
     if args.reranking {
@@ -437,8 +358,8 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Args, Option<String>> {
-        parse_args(args.iter().map(|s| s.to_string()))
+    fn parse(args: &[&str]) -> cli::ArgResult<Args> {
+        parse_args(&mut cli::Args::from_args(args.iter().copied()))
     }
 
     #[test]
@@ -448,14 +369,14 @@ mod tests {
         assert_eq!((a.parallel, a.ctx_size, a.port), (8, Some(2048), 0));
         assert_eq!(a.tensor_split, vec![3.0, 1.0]);
         assert_eq!(a.split_mode, SplitMode::Row);
-        assert!(matches!(parse(&["-m", "x", "--bogus"]), Err(Some(_))));
-        assert!(matches!(parse(&["-m"]), Err(Some(_))));
-        assert!(matches!(parse(&[]), Err(Some(_))));
-        assert!(matches!(parse(&["-h"]), Err(None)));
+        assert!(matches!(parse(&["-m", "x", "--bogus"]), Err(cli::ArgError::Usage(_))));
+        assert!(matches!(parse(&["-m"]), Err(cli::ArgError::Usage(_))));
+        assert!(matches!(parse(&[]), Err(cli::ArgError::Usage(_))));
+        assert!(matches!(parse(&["-h"]), Err(cli::ArgError::Help)));
         assert_eq!(parse(&["-m", "x"]).unwrap().tool_format, None);
         assert_eq!(parse(&["-m", "x", "--tool-format", "hermes"]).unwrap().tool_format, Some(ToolCallFormat::Hermes));
         assert_eq!(parse(&["-m", "x", "--tool-format=Mistral"]).unwrap().tool_format, Some(ToolCallFormat::Mistral));
-        assert!(matches!(parse(&["-m", "x", "--tool-format", "xml"]), Err(Some(_))));
+        assert!(matches!(parse(&["-m", "x", "--tool-format", "xml"]), Err(cli::ArgError::Usage(_))));
         // Embeddings and reranking: switches (llama-server's names and aliases) and the pooling.
         let a = parse(&["-m", "x"]).unwrap();
         assert_eq!((a.embeddings, a.reranking, a.pooling), (false, false, None));
@@ -463,9 +384,9 @@ mod tests {
         assert_eq!((a.embeddings, a.reranking, a.pooling), (true, true, Some(Pooling::Cls)));
         let a = parse(&["-m", "x", "--embedding", "--rerank", "--pooling=rank"]).unwrap();
         assert_eq!((a.embeddings, a.reranking, a.pooling), (true, true, Some(Pooling::Rank)));
-        assert!(matches!(parse(&["-m", "x", "--pooling", "max"]), Err(Some(_))));
-        assert!(matches!(parse(&["-m", "x", "--pooling"]), Err(Some(_))));
-        assert!(matches!(parse(&["-m", "x", "--embeddings=yes"]), Err(Some(_))));
+        assert!(matches!(parse(&["-m", "x", "--pooling", "max"]), Err(cli::ArgError::Usage(_))));
+        assert!(matches!(parse(&["-m", "x", "--pooling"]), Err(cli::ArgError::Usage(_))));
+        assert!(matches!(parse(&["-m", "x", "--embeddings=yes"]), Err(cli::ArgError::Usage(_))));
     }
 
     #[test]
