@@ -8,6 +8,15 @@ use std::path::Path;
 #[cfg(not(feature = "bindgen"))]
 pub fn emit(_src: &Path) {}
 
+/// Without a llama.cpp tree (docs.rs): the committed bindings, also where the
+/// `bindgen` feature makes `src/lib.rs` look for generated ones.
+pub fn committed() {
+    if cfg!(feature = "bindgen") {
+        let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR")).join("bindings.rs");
+        std::fs::copy("src/bindings.rs", &out).expect("copy the committed bindings into OUT_DIR");
+    }
+}
+
 #[cfg(feature = "bindgen")]
 pub fn emit(src: &Path) {
     use std::path::PathBuf;

@@ -95,15 +95,33 @@ pub fn build(cfg: &Config, src: &Path) -> Built {
         if cfg.dynamic {
             stamp_modules(cfg, &prefix.join("bin"));
         }
-        fs::write(&stamp, &summary).expect("write build stamp");
+        write_stamp(&stamp, &summary);
     }
+    // A deleted build folder (or stamp) makes cargo rerun this script, which
+    // then builds it again: cargo treats a missing watched file as changed.
+    println!("cargo:rerun-if-changed={}", stamp.display());
     Built { lib_dir: lib_dir(&prefix), prefix }
+}
+
+/// Writes the build stamp with an mtime long past. Cargo reruns a build script
+/// when a watched file is newer than the script's last start, so a stamp
+/// written now, during the run, would cost one needless rerun (and a rebuild
+/// of every dependent crate) right after the first build. Only its presence
+/// matters.
+fn write_stamp(stamp: &Path, summary: &str) {
+    fs::write(stamp, summary).expect("write build stamp");
+    let long_ago = std::time::UNIX_EPOCH + std::time::Duration::from_secs(24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(stamp)
+        .and_then(|f| f.set_modified(long_ago))
+        .unwrap_or_else(|e| panic!("set the mtime of {}: {e}", stamp.display()));
 }
 
 /// Writes `<module>.pin` next to each backend module: llama-rs loads only
 /// modules whose stamp names its own llama.cpp commit.
 fn stamp_modules(cfg: &Config, dir: &Path) {
-    let pin = crate::source::read_pin(&cfg.vendor_dir.join("pin").join("Cargo.toml"));
+    let pin = crate::source::read_pin(&cfg.pin_manifest);
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with("libggml-") && name.ends_with(".so") {

@@ -16,9 +16,13 @@ pub struct Config {
     /// Root of the cache shared by every build of the workspace
     /// (extracted source, one cmake build folder per configuration).
     pub cache_dir: PathBuf,
-    pub vendor_dir: PathBuf,
+    /// The package's copy of the llama.cpp pin (`pin.toml`, kept equal to the
+    /// workspace's `vendor/pin/Cargo.toml` by `scripts/pin-check`).
+    pub pin_manifest: PathBuf,
     /// `patches/`: applied to the pinned tree when it is extracted.
     pub patch_dir: PathBuf,
+    /// docs.rs (`DOCS_RS` set): no network, no C++ toolchain; build nothing.
+    pub docs_rs: bool,
 }
 
 impl Config {
@@ -30,11 +34,9 @@ impl Config {
             None => target_dir(&out_dir).join("llama-cpp"),
         };
         println!("cargo:rerun-if-changed={}", manifest_dir.join("patches").display());
-        let vendor_dir = match var("LLAMA_SYS_VENDOR_DIR") {
-            Some(dir) => PathBuf::from(dir),
-            None => manifest_dir.join("..").join("vendor"),
-        };
-        println!("cargo:rerun-if-changed={}", vendor_dir.join("pin").join("Cargo.toml").display());
+        let pin_manifest = manifest_dir.join("pin.toml");
+        println!("cargo:rerun-if-changed={}", pin_manifest.display());
+        warn_unsynced_pin(&manifest_dir, &pin_manifest);
         Config {
             hip: feature("HIP"),
             cuda: feature("CUDA"),
@@ -42,8 +44,9 @@ impl Config {
             dynamic: feature("DYNAMIC_BACKENDS"),
             rpc: feature("RPC"),
             cache_dir,
-            vendor_dir,
+            pin_manifest,
             patch_dir: manifest_dir.join("patches"),
+            docs_rs: var("DOCS_RS").is_some(),
         }
     }
 
@@ -59,6 +62,22 @@ impl Config {
             b.push("rpc");
         }
         b
+    }
+}
+
+/// In the llama-rs workspace, a pin edited in `vendor/pin/Cargo.toml` but not
+/// copied to `pin.toml` yet (which is what this script reads) gets a warning.
+fn warn_unsynced_pin(manifest_dir: &Path, pin_manifest: &Path) {
+    let edited = manifest_dir.join("..").join("vendor").join("pin").join("Cargo.toml");
+    if !edited.is_file() {
+        return;
+    }
+    println!("cargo:rerun-if-changed={}", edited.display());
+    if std::fs::read(&edited).ok() != std::fs::read(pin_manifest).ok() {
+        println!(
+            "cargo:warning=vendor/pin/Cargo.toml differs from llama-sys/pin.toml, the pin this build uses: \
+             run scripts/pin-check --write"
+        );
     }
 }
 

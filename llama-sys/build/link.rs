@@ -3,6 +3,7 @@
 
 use crate::cmake_build::Built;
 use crate::config::{var, Config};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,9 +46,7 @@ pub fn emit(cfg: &Config, built: &Built) {
     if cfg.hip {
         hip_libs();
     }
-    if openmp_enabled(&built.prefix) {
-        println!("cargo:rustc-link-lib=dylib=gomp");
-    }
+    openmp(&built.prefix);
     println!("cargo:rustc-link-lib=dylib=stdc++");
     for lib in ["pthread", "m", "dl"] {
         println!("cargo:rustc-link-lib=dylib={lib}");
@@ -71,11 +70,75 @@ fn static_libs(dir: &Path) -> Vec<String> {
     libs
 }
 
-fn openmp_enabled(prefix: &Path) -> bool {
-    let cache = prefix.join("build").join("CMakeCache.txt");
-    let text = fs::read_to_string(cache).unwrap_or_default();
-    // ggml sets this only when GGML_OPENMP is on and OpenMP was found.
-    text.lines().any(|l| l.starts_with("GGML_OPENMP_ENABLED:INTERNAL=ON"))
+/// The OpenMP runtime of the compilers that built ggml: GCC's libgomp, clang's
+/// libomp, Intel's libiomp5. ggml uses it only when GGML_OPENMP is on and CMake
+/// found OpenMP; CMake's FindOpenMP then records, in the cache, the libraries it
+/// found for the C and C++ compilers (`OpenMP_C_LIB_NAMES`, `OpenMP_<name>_LIBRARY`),
+/// which are linked from where they were found. Without those entries the
+/// runtime follows the C++ compiler's id.
+fn openmp(prefix: &Path) {
+    let build = prefix.join("build");
+    let cache = read_cmake_cache(&build.join("CMakeCache.txt"));
+    if cache.get("GGML_OPENMP_ENABLED").map(String::as_str) != Some("ON") {
+        return;
+    }
+    let mut names: Vec<String> = Vec::new();
+    for lang in ["C", "CXX"] {
+        for name in cache.get(&format!("OpenMP_{lang}_LIB_NAMES")).map(String::as_str).unwrap_or("").split(';') {
+            // pthread is linked below anyway.
+            if !name.is_empty() && name != "pthread" && !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        names.push(openmp_runtime_of(&compiler_id(&build)).to_string());
+    }
+    for name in names {
+        if let Some(file) = cache.get(&format!("OpenMP_{name}_LIBRARY")).map(PathBuf::from) {
+            if let Some(dir) = file.parent().filter(|_| file.is_file()) {
+                println!("cargo:rustc-link-search=native={}", dir.display());
+            }
+        }
+        println!("cargo:rustc-link-lib=dylib={name}");
+    }
+}
+
+/// `CMakeCache.txt` as `NAME -> value` (the `:TYPE` dropped).
+fn read_cmake_cache(path: &Path) -> HashMap<String, String> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with("//"))
+        .filter_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            let name = key.split_once(':').map_or(key, |(n, _)| n);
+            Some((name.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// CMake's id of the C++ compiler (`GNU`, `Clang`, `AppleClang`, `IntelLLVM`,
+/// ...), from `CMakeFiles/<cmake version>/CMakeCXXCompiler.cmake`.
+fn compiler_id(build: &Path) -> String {
+    let files = fs::read_dir(build.join("CMakeFiles")).into_iter().flatten().flatten();
+    for dir in files {
+        let text = fs::read_to_string(dir.path().join("CMakeCXXCompiler.cmake")).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(rest) = line.trim().strip_prefix("set(CMAKE_CXX_COMPILER_ID ") {
+                return rest.trim_end_matches(')').trim_matches('"').to_string();
+            }
+        }
+    }
+    String::new()
+}
+
+/// The OpenMP runtime library a compiler's `-fopenmp` links.
+fn openmp_runtime_of(compiler_id: &str) -> &'static str {
+    match compiler_id {
+        "Clang" | "AppleClang" => "omp",
+        "IntelLLVM" => "iomp5",
+        _ => "gomp",
+    }
 }
 
 fn cuda_libs() {

@@ -12,6 +12,13 @@ mod source;
 
 fn main() {
     let cfg = config::Config::from_env();
+    if cfg.docs_rs {
+        // docs.rs has neither network nor time for llama.cpp: rustdoc needs
+        // only the committed bindings, so nothing is fetched, built or linked.
+        println!("cargo:rustc-env=LLAMA_SYS_BACKEND_DIR=");
+        bindings::committed();
+        return;
+    }
     let src = source::llama_cpp_dir(&cfg);
     if cfg.rpc && config::var("LLAMA_CPP_DIR").is_some() {
         println!(

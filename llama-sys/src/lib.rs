@@ -7,9 +7,13 @@
 //! inputs; the safe `llama-rs` crate does. Many C calls abort the process on
 //! bad input: read the llama.cpp sources before calling them directly.
 //!
-//! Build configuration (features `cuda`, `hip`, `native`; env `LLAMA_CPP_DIR`,
-//! `LLAMA_HIP_TARGETS`, `LLAMA_CUDA_ARCHS`, any `GGML_*`/`LLAMA_*` CMake option)
-//! is described in the workspace README.
+//! Build configuration (features `cuda`, `hip`, `native`, `dynamic-backends`,
+//! `rpc`, `bindgen`; env `LLAMA_CPP_DIR`, `LLAMA_SYS_CACHE_DIR`,
+//! `LLAMA_HIP_TARGETS`, `LLAMA_CUDA_ARCHS`, any `GGML_*`/`LLAMA_*` CMake
+//! option) is described in the llama-rs repository's README; offline and
+//! vendored builds in its `docs/offline-builds.md`. With `DOCS_RS` set (as on
+//! docs.rs) the build script builds and links nothing: enough for rustdoc only.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![allow(non_upper_case_globals, non_camel_case_types, non_snake_case)]
 #![allow(clippy::all, rustdoc::all, missing_docs)]
 
