@@ -8,7 +8,8 @@ mod common;
 
 use llama_rs::rpc::{self, RpcEndpoint, RpcServerParams};
 use llama_rs::{
-    AddSpecial, Batch, Context, ContextParams, DeviceKind, Error, FitParams, Model, ModelParams, ParseSpecial, SplitMode, Token,
+    AddSpecial, Batch, Context, ContextParams, DeviceKind, Error, FitParams, Model, ModelParams, ParseSpecial,
+    SplitMode, Token,
 };
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
