@@ -522,52 +522,11 @@ fn tokens_len(bytes: &[u8], count_at: usize) -> u64 {
     u64::from_le_bytes(bytes[count_at..count_at + 8].try_into().unwrap())
 }
 
-/// The `examples/info` binary of this build profile. `cargo test` builds
-/// the examples next to the test binaries. In a target folder shared with
-/// builds of other features (e.g. `dynamic-backends`, whose binaries need
-/// their shared libraries), the plain `info` may be one that cannot start
-/// here; then the newest hashed `info-<hash>` that can is used.
-fn info_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    // target/<profile>/deps/malformed-<hash> -> target/<profile>/examples
-    let dir = exe.parent().and_then(Path::parent).unwrap().join("examples");
-    let info = dir.join("info");
-    assert!(
-        info.is_file(),
-        "{} is missing: build the examples first (`cargo test` builds them; with a test filter run \
-         `cargo build --examples`)",
-        info.display()
-    );
-    let starts = |p: &Path| {
-        std::process::Command::new(p).arg("--help").output().map(|o| o.status.code() == Some(0)).unwrap_or(false)
-    };
-    if starts(&info) {
-        return info;
-    }
-    let mut hashed: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            name.starts_with("info-") && !name.ends_with(".d")
-        })
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
-    hashed.sort();
-    let found = hashed.into_iter().rev().map(|(_, p)| p).find(|p| starts(p));
-    let found = found.unwrap_or_else(|| {
-        panic!("{} cannot start (built for other features?): run `cargo build --examples`", info.display())
-    });
-    eprintln!("malformed: {} cannot start here (other features); using {}", info.display(), found.display());
-    found
-}
-
 /// `examples/info` on bad files prints `error: ...` and exits with 1, never
 /// a signal.
 #[test]
 fn info_example_reports_bad_files_with_exit_code_1() {
-    let info = info_binary();
+    let info = common::example_binary("info");
     let dir = temp_dir("malformed-info");
     let good = tiny_path(VocabKind::Spm);
     let bytes = std::fs::read(&good).unwrap();

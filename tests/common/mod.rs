@@ -158,3 +158,46 @@ pub fn assert_child_ok(name: &str, out: &std::process::Output) {
     );
     assert!(stdout.contains("1 passed"), "child {name} ran no test:\n{stdout}");
 }
+
+/// The binary of `examples/<name>` of this build profile. `cargo test` builds
+/// the examples next to the test binaries. In a target folder shared with
+/// builds of other features (e.g. `dynamic-backends`, whose binaries need
+/// their shared libraries), the plain `<name>` may be one that cannot start
+/// here; then the newest hashed `<name>-<hash>` that can is used.
+pub fn example_binary(name: &str) -> PathBuf {
+    use std::path::Path;
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples
+    let dir = exe.parent().and_then(Path::parent).unwrap().join("examples");
+    let plain = dir.join(name);
+    assert!(
+        plain.is_file(),
+        "{} is missing: build the examples first (`cargo test` builds them; with a test filter run \
+         `cargo build --examples`)",
+        plain.display()
+    );
+    let starts = |p: &Path| {
+        std::process::Command::new(p).arg("--help").output().map(|o| o.status.code() == Some(0)).unwrap_or(false)
+    };
+    if starts(&plain) {
+        return plain;
+    }
+    let prefix = format!("{name}-");
+    let mut hashed: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let file = p.file_name().unwrap().to_string_lossy().into_owned();
+            file.starts_with(&prefix) && !file.ends_with(".d")
+        })
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    hashed.sort();
+    let found = hashed.into_iter().rev().map(|(_, p)| p).find(|p| starts(p));
+    let found = found.unwrap_or_else(|| {
+        panic!("{} cannot start (built for other features?): run `cargo build --examples`", plain.display())
+    });
+    eprintln!("{} cannot start here (other features); using {}", plain.display(), found.display());
+    found
+}
