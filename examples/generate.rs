@@ -259,15 +259,7 @@ fn parse_args(a: &mut Args) -> ArgResult<Params> {
 }
 
 fn main() -> ExitCode {
-    common::log::init(common::log::DEFAULT_FILTER);
-    let params = args::parse_or_exit(HELP, parse_args);
-    match run(&params) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(common::log::DEFAULT_FILTER, HELP, parse_args, |p| run(&p))
 }
 
 /// The sampler chain of `p`, as llama-cli builds it: the grammar or schema,

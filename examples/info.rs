@@ -39,15 +39,7 @@ fn parse_args(a: &mut Args) -> ArgResult<Option<String>> {
 }
 
 fn main() -> ExitCode {
-    common::log::init(common::log::DEFAULT_FILTER);
-    let path = args::parse_or_exit(HELP, parse_args);
-    match run(path) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(common::log::DEFAULT_FILTER, HELP, parse_args, run)
 }
 
 fn run(path: Option<String>) -> Result<(), Box<dyn std::error::Error>> {

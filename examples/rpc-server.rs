@@ -53,15 +53,7 @@ struct Params {
 }
 
 fn main() -> ExitCode {
-    common::log::init("info");
-    let args = args::parse_or_exit(HELP, parse);
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("info", HELP, parse, run)
 }
 
 fn parse(p: &mut Args) -> ArgResult<Params> {

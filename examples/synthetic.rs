@@ -64,15 +64,7 @@ fn parse_args(a: &mut Args) -> ArgResult<Params> {
 }
 
 fn main() -> ExitCode {
-    common::log::init(common::log::DEFAULT_FILTER);
-    let p = args::parse_or_exit(HELP, parse_args);
-    match run(p) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main(common::log::DEFAULT_FILTER, HELP, parse_args, run)
 }
 
 fn run(Params { shape, ty, vocab, seed, out }: Params) -> Result<(), Box<dyn std::error::Error>> {

@@ -15,3 +15,24 @@
 pub mod args;
 pub mod log;
 pub mod progress;
+
+/// The examples' `main`: installs the log subscriber (`log_filter` unless
+/// `RUST_LOG` is set), parses the command line with `parse` (`-h`: help and
+/// exit 0; a usage error: exit 2), then runs `run`; its error is printed as
+/// `error: ...` with exit status 1.
+pub fn main<P, E: std::fmt::Display>(
+    log_filter: &str,
+    help: &str,
+    parse: impl FnOnce(&mut args::Args) -> args::ArgResult<P>,
+    run: impl FnOnce(P) -> Result<(), E>,
+) -> std::process::ExitCode {
+    log::init(log_filter);
+    let params = args::parse_or_exit(help, parse);
+    match run(params) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -231,15 +231,7 @@ fn new_embedder(
 }
 
 fn main() -> ExitCode {
-    common::log::init("warn,server=info");
-    let args = cli::parse_or_exit(USAGE, parse_args);
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("warn,server=info", USAGE, parse_args, run)
 }
 
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
