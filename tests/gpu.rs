@@ -402,20 +402,43 @@ fn engine_on_the_gpus() {
     };
     let alone: Vec<_> = (0..8).map(|i| engine(1).submit(mk(i)).unwrap().wait().unwrap()).collect();
     let e = engine(8);
-    let together: Vec<_> = e.submit_all((0..8).map(mk)).unwrap().into_iter().map(|h| h.wait().unwrap()).collect();
-    let mut compared = 0;
-    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
-        assert!((a.logprobs[0].logprob - t.logprobs[0].logprob).abs() < TOLERANCE, "request {i}");
-        for (k, lp) in a.logprobs.iter().enumerate() {
-            if lp.top[0].1 - lp.top[1].1 < 2.0 * TOLERANCE {
-                break;
+    // 8 requests at once against each alone: the same tokens up to a near tie.
+    let compare = |alone: &[llama_rs::Completion], e: &Engine, what: &str| {
+        let together: Vec<_> = e.submit_all((0..8).map(mk)).unwrap().into_iter().map(|h| h.wait().unwrap()).collect();
+        let mut compared = 0;
+        for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+            assert!((a.logprobs[0].logprob - t.logprobs[0].logprob).abs() < TOLERANCE, "{what}: request {i}");
+            for (k, lp) in a.logprobs.iter().enumerate() {
+                if lp.top[0].1 - lp.top[1].1 < 2.0 * TOLERANCE {
+                    break;
+                }
+                assert_eq!(a.tokens[k], t.tokens[k], "{what}: request {i}, token {k}");
+                compared += 1;
             }
-            assert_eq!(a.tokens[k], t.tokens[k], "request {i}, token {k}");
-            compared += 1;
+        }
+        println!("engine, {what}: {compared} tokens equal before a near tie");
+        assert!(compared >= 8, "{what}: {compared}");
+    };
+    compare(&alone, &e, &format!("8 at once on {} GPU(s), default split, vs 1 slot", g.len()));
+    // With several GPUs: layer and tensor split, 8 requests at once, against
+    // the single-GPU run of each request.
+    if g.len() > 1 {
+        let one_gpu = Arc::new(Model::load_with(small_path(), ModelParams::default().devices(&[g[0].index])).unwrap());
+        let single = Engine::new(
+            one_gpu,
+            EngineParams::default().n_slots(1).context(ContextParams::default().n_ctx(4096).n_batch(512)),
+        )
+        .unwrap();
+        let reference: Vec<_> = (0..8).map(|i| single.submit(mk(i)).unwrap().wait().unwrap()).collect();
+        for mode in [SplitMode::Layer, SplitMode::Tensor] {
+            let split = Arc::new(
+                Model::load_with(small_path(), ModelParams::default().devices(&indices(&g)).split_mode(mode)).unwrap(),
+            );
+            let ctx = ContextParams::default().n_ctx(4096).n_batch(512);
+            let e = Engine::new(split, EngineParams::default().n_slots(8).context(ctx)).unwrap();
+            compare(&reference, &e, &format!("8 at once, {mode:?} split on {} GPUs, vs 1 GPU", g.len()));
         }
     }
-    println!("engine on {} GPU(s): {compared} tokens equal before a near tie", g.len());
-    assert!(compared >= 8, "{compared}");
 
     // Prefix reuse from the idle slots of the run above.
     let again = e.submit(mk(3)).unwrap().wait().unwrap();

@@ -44,18 +44,19 @@ fn free_port() -> u16 {
 
 /// Starts `serve_in_child` in a child process and waits until it listens.
 fn start_server() -> Server {
-    start_server_on(false)
+    start_server_on("cpu")
 }
 
-/// As `start_server`; `gpu`: the server serves the GPUs (else the CPU).
-fn start_server_on(gpu: bool) -> Server {
+/// As `start_server`, serving `what`: `cpu`, `gpus` (every GPU of the
+/// machine) or `gpu:K` (the K-th GPU of `default_gpus`).
+fn start_server_on(what: &str) -> Server {
     let port = free_port();
     let exe = std::env::current_exe().unwrap();
     let child = Command::new(exe)
         .args(["serve_in_child", "--exact", "--nocapture", "--test-threads=1"])
         .env("LLAMA_RS_CHILD", "serve_in_child")
         .env("LLAMA_RS_RPC_PORT", port.to_string())
-        .env("LLAMA_RS_RPC_GPU", if gpu { "1" } else { "0" })
+        .env("LLAMA_RS_RPC_SERVE", what)
         .stdout(Stdio::null())
         .stderr(server_log())
         .spawn()
@@ -81,10 +82,15 @@ fn serve_in_child() {
         tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("info").init();
         let port = std::env::var("LLAMA_RS_RPC_PORT").unwrap();
         let mut params = RpcServerParams::new(&format!("127.0.0.1:{port}")).threads(1);
-        if std::env::var("LLAMA_RS_RPC_GPU").is_ok_and(|v| v == "1") {
-            let gpus: Vec<usize> = llama_rs::default_gpus(false).iter().map(|d| d.index).collect();
-            assert!(!gpus.is_empty(), "LLAMA_RS_RPC_GPU=1 but no GPU");
+        let what = std::env::var("LLAMA_RS_RPC_SERVE").unwrap_or_default();
+        let gpus: Vec<usize> = llama_rs::default_gpus(false).iter().map(|d| d.index).collect();
+        if what == "gpus" {
+            assert!(!gpus.is_empty(), "LLAMA_RS_RPC_SERVE=gpus but no GPU");
             params = params.devices(&gpus);
+        } else if let Some(k) = what.strip_prefix("gpu:") {
+            let k: usize = k.parse().unwrap();
+            assert!(k < gpus.len(), "LLAMA_RS_RPC_SERVE={what} but {} GPU(s)", gpus.len());
+            params = params.devices(&[gpus[k]]);
         } else {
             let cpu = llama_rs::devices().into_iter().find(|d| d.kind == DeviceKind::Cpu).unwrap();
             params = params.devices(&[cpu.index]);
@@ -347,7 +353,7 @@ fn rpc_server_on_the_gpu_equals_the_local_gpu() {
     setup();
     let gpus = llama_rs::default_gpus(false);
     assert!(!gpus.is_empty(), "no GPU");
-    let server = start_server_on(true);
+    let server = start_server_on("gpus");
     // A synthetic model (the GPU machine has no network for the real one).
     // Flash attention off: ggml-rpc's client claims every op for a remote
     // device (`supports_op` is always true upstream), so the tiny model's
@@ -373,6 +379,50 @@ fn rpc_server_on_the_gpu_equals_the_local_gpu() {
         .fold(0f32, f32::max);
     println!("GPU through RPC vs local GPU: tokens equal: {}, max |logit difference| {max_diff:e}", got == want);
     assert_eq!(got, want, "greedy tokens through the RPC server on the GPU differ from the local GPU run");
+    assert!(max_diff < 1e-2, "logits differ by {max_diff}");
+}
+
+/// One RPC server per GPU of this host, the client spreading the model over
+/// them by layers (the client's own GPUs unused), against the local layer split
+/// over the same GPUs: the same greedy tokens. With one GPU this is one server.
+#[test]
+#[ignore = "needs a GPU"]
+fn rpc_servers_one_per_gpu_equal_the_local_layer_split() {
+    setup();
+    let gpus = llama_rs::default_gpus(false);
+    assert!(!gpus.is_empty(), "no GPU");
+    let servers: Vec<Server> = (0..gpus.len()).map(|k| start_server_on(&format!("gpu:{k}"))).collect();
+    // Flash attention off: see rpc_server_on_the_gpu_equals_the_local_gpu.
+    let path = common::tiny_path(llama_rs::synthetic::VocabKind::Spm);
+    let fa_off = || ctx_params().flash_attention(llama_rs::FlashAttention::Off);
+
+    let local = Model::load_with(&path, ModelParams::default().split_mode(SplitMode::Layer)).unwrap();
+    let mut ctx = local.new_context(fa_off()).unwrap();
+    let (want, want_logits) = greedy(&mut ctx, &local, "The capital of France is", 16);
+    drop(ctx);
+
+    let mut indices = Vec::new();
+    for s in &servers {
+        let devs = rpc::connect(&s.endpoint).unwrap();
+        assert_eq!(devs.len(), 1, "{}: {devs:?}", s.endpoint);
+        indices.push(devs[0].index);
+    }
+    let remote =
+        Model::load_with(&path, ModelParams::default().devices(&indices).split_mode(SplitMode::Layer)).unwrap();
+    assert!(remote.devices().iter().all(|d| d.kind == DeviceKind::Rpc), "{:?}", remote.devices());
+    let mut ctx = remote.new_context(fa_off()).unwrap();
+    let (got, got_logits) = greedy(&mut ctx, &remote, "The capital of France is", 16);
+    let max_diff = want_logits
+        .iter()
+        .zip(&got_logits)
+        .flat_map(|(w, g)| w.iter().zip(g).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    println!(
+        "{} RPC server(s), one per GPU, vs local layer split: tokens equal: {}, max |logit difference| {max_diff:e}",
+        servers.len(),
+        got == want
+    );
+    assert_eq!(got, want, "greedy tokens over one RPC server per GPU differ from the local layer split");
     assert!(max_diff < 1e-2, "logits differ by {max_diff}");
 }
 
