@@ -10,6 +10,24 @@ use std::ffi::CString;
 use std::os::raw::c_char;
 use std::ptr::NonNull;
 
+/// A number type of GGUF arrays: `TYPE` is the gguf type of exactly
+/// `size_of::<Self>()` bytes per element.
+pub(crate) trait ArrayElem: Copy {
+    const TYPE: sys::gguf_type;
+}
+
+impl ArrayElem for f32 {
+    const TYPE: sys::gguf_type = sys::GGUF_TYPE_FLOAT32;
+}
+
+impl ArrayElem for i32 {
+    const TYPE: sys::gguf_type = sys::GGUF_TYPE_INT32;
+}
+
+impl ArrayElem for u32 {
+    const TYPE: sys::gguf_type = sys::GGUF_TYPE_UINT32;
+}
+
 /// One tensor descriptor: name, ggml type, `ne0` values per row and `ne1`
 /// rows; `two_d: false` makes a vector of `ne0` values (`ne1` ignored).
 #[derive(Debug, Clone, Copy)]
@@ -93,51 +111,12 @@ impl GgufWriter {
         Ok(())
     }
 
-    /// Sets `key` to an array of f32.
-    pub(crate) fn set_arr_f32(&mut self, key: &str, values: &[f32]) -> Result<()> {
+    /// Sets `key` to an array of numbers (f32, i32 or u32).
+    pub(crate) fn set_arr<T: ArrayElem>(&mut self, key: &str, values: &[T]) -> Result<()> {
         let k = cstring("gguf key", key)?;
-        // SAFETY: `values` holds len f32, the size of GGUF_TYPE_FLOAT32; gguf copies them.
-        unsafe {
-            sys::gguf_set_arr_data(
-                self.ctx.as_ptr(),
-                k.as_ptr(),
-                sys::GGUF_TYPE_FLOAT32,
-                values.as_ptr().cast(),
-                values.len(),
-            )
-        };
-        Ok(())
-    }
-
-    /// Sets `key` to an array of i32.
-    pub(crate) fn set_arr_i32(&mut self, key: &str, values: &[i32]) -> Result<()> {
-        let k = cstring("gguf key", key)?;
-        // SAFETY: `values` holds len i32, the size of GGUF_TYPE_INT32; gguf copies them.
-        unsafe {
-            sys::gguf_set_arr_data(
-                self.ctx.as_ptr(),
-                k.as_ptr(),
-                sys::GGUF_TYPE_INT32,
-                values.as_ptr().cast(),
-                values.len(),
-            )
-        };
-        Ok(())
-    }
-
-    /// Sets `key` to an array of u32.
-    pub(crate) fn set_arr_u32(&mut self, key: &str, values: &[u32]) -> Result<()> {
-        let k = cstring("gguf key", key)?;
-        // SAFETY: `values` holds len u32, the size of GGUF_TYPE_UINT32; gguf copies them.
-        unsafe {
-            sys::gguf_set_arr_data(
-                self.ctx.as_ptr(),
-                k.as_ptr(),
-                sys::GGUF_TYPE_UINT32,
-                values.as_ptr().cast(),
-                values.len(),
-            )
-        };
+        // SAFETY: `values` holds len elements of T, whose size is that of
+        // T::TYPE (ArrayElem's contract); gguf copies them.
+        unsafe { sys::gguf_set_arr_data(self.ctx.as_ptr(), k.as_ptr(), T::TYPE, values.as_ptr().cast(), values.len()) };
         Ok(())
     }
 

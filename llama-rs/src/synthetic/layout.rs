@@ -121,9 +121,9 @@ impl SyntheticModel {
         }
         g.set_arr_str("tokenizer.ggml.tokens", &vocab.tokens)?;
         if let Some(scores) = &vocab.scores {
-            g.set_arr_f32("tokenizer.ggml.scores", scores)?;
+            g.set_arr("tokenizer.ggml.scores", scores)?;
         }
-        g.set_arr_i32("tokenizer.ggml.token_type", &vocab.types)?;
+        g.set_arr("tokenizer.ggml.token_type", &vocab.types)?;
         if !vocab.merges.is_empty() {
             g.set_arr_str("tokenizer.ggml.merges", &vocab.merges)?;
         }

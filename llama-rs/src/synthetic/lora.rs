@@ -207,7 +207,7 @@ impl SyntheticLora {
             g.set_f32("adapter.lora.alpha", alpha)?;
         }
         if !self.alora.is_empty() {
-            g.set_arr_u32("adapter.alora.invocation_tokens", &self.alora)?;
+            g.set_arr("adapter.alora.invocation_tokens", &self.alora)?;
         }
         g.add_tensors(&plan.iter().map(TensorPlan::desc).collect::<Vec<_>>())?;
 
