@@ -30,7 +30,7 @@ mod common;
 mod report;
 
 use bench_model::resolve_model;
-use common::args::{usage, Arg, ArgError, ArgResult, Args as Parser};
+use common::args::ArgResult;
 use llama_rs::sys;
 use llama_rs::{
     ContextParams, Engine, EngineParams, EngineStatus, Event, FlashAttention, KvType, Model, ModelParams, Request,
@@ -175,24 +175,6 @@ fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     })
 }
 
-/// (flag, value) pairs of one source, read with the parser the examples
-/// share (`examples/common/args.rs`); `-h` comes back as [`ArgError::Help`].
-fn pairs(tokens: &[String], source: &str) -> ArgResult<Vec<(&'static str, String)>> {
-    let in_source = |e: ArgError| match e {
-        ArgError::Usage(m) => usage(format!("{m} (in {source})")),
-        help => help,
-    };
-    let mut p = Parser::from_args(tokens);
-    let mut out = Vec::new();
-    while let Some(arg) = p.next().map_err(in_source)? {
-        let Arg::Flag(tok) = &arg else { return Err(in_source(p.unexpected(arg))) };
-        let (flag, takes_value) = canonical(tok).ok_or_else(|| usage(format!("unknown option {tok} in {source}")))?;
-        let value = if takes_value { p.value().map_err(in_source)? } else { String::new() };
-        out.push((flag, value));
-    }
-    Ok(out)
-}
-
 fn num<T: std::str::FromStr>(flag: &str, s: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
@@ -208,16 +190,9 @@ fn positive(flag: &str, s: &str) -> Result<u32, String> {
 }
 
 /// Parses `LLAMA_BATCHED_BENCH_ARGS` (whitespace-separated) then the command
-/// line; `-h` in either comes back as [`ArgError::Help`].
+/// line; `-h` in either comes back as [`ArgError::Help`](common::args::ArgError::Help).
 fn parse(env: Option<&str>, cli: &[String]) -> ArgResult<Args> {
-    let env_tokens: Vec<String> = env.unwrap_or("").split_whitespace().map(String::from).collect();
-    let env_pairs = pairs(&env_tokens, ENV_ARGS)?;
-    let cli_pairs = pairs(cli, "the command line")?;
-    // A flag on the command line replaces what the environment said for it.
-    let mut all: Vec<(&'static str, String)> =
-        env_pairs.into_iter().filter(|(f, _)| !cli_pairs.iter().any(|(c, _)| c == f)).collect();
-    all.extend(cli_pairs);
-
+    let all = common::args::env_then_cli(ENV_ARGS, env, cli, canonical)?;
     let mut a = Args::default();
     let mut seen: Vec<&'static str> = Vec::new();
     for (flag, value) in all {
@@ -845,20 +820,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
 
     let gpus = llama_rs::default_gpus(false);
     let build = Build::here();
-    writeln!(
-        info,
-        "build: llama-rs {} (features: {}) | llama.cpp {} | backends: {} | devices: {}",
-        build.commit,
-        build.features,
-        build.llama_cpp_commit,
-        build.backends,
-        if gpus.is_empty() {
-            "CPU only".to_string()
-        } else {
-            gpus.iter().map(|g| format!("{} ({})", g.name, g.description)).collect::<Vec<_>>().join(", ")
-        }
-    )?;
-    writeln!(info, "system_info: {}", build.system_info)?;
+    build.write_header(info, &gpus)?;
 
     let spec = resolve_model(&a.model, info)?;
     let params = ModelParams::default()

@@ -467,20 +467,7 @@ fn run(a: &Args) -> Result<bool, BoxError> {
 
     let gpus = llama_rs::default_gpus(false);
     let build = Build::here();
-    writeln!(
-        info,
-        "build: llama-rs {} (features: {}) | llama.cpp {} | backends: {} | devices: {}",
-        build.commit,
-        build.features,
-        build.llama_cpp_commit,
-        build.backends,
-        if gpus.is_empty() {
-            "CPU only".to_string()
-        } else {
-            gpus.iter().map(|g| format!("{} ({})", g.name, g.description)).collect::<Vec<_>>().join(", ")
-        }
-    )?;
-    writeln!(info, "system_info: {}", build.system_info)?;
+    build.write_header(info, &gpus)?;
 
     let specs = a.models.iter().map(|m| resolve_model(m, info)).collect::<Result<Vec<_>, _>>()?;
     let plan = instances(a, specs.len());

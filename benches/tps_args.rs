@@ -3,7 +3,7 @@
 //! `LLAMA_BENCH_ARGS` environment variable. Both are read with the parser
 //! the examples share (`examples/common/args.rs`).
 
-use crate::common::args::{usage, Arg, ArgError, ArgResult, Args as Parser};
+use crate::common::args::{env_then_cli, ArgResult};
 use llama_rs::{FlashAttention, KvType, SplitMode};
 
 pub const USAGE: &str = "\
@@ -162,23 +162,6 @@ fn canonical(flag: &str) -> Option<(&'static str, bool)> {
     })
 }
 
-/// (flag, value) pairs of one source; `-h` comes back as [`ArgError::Help`].
-fn pairs(tokens: &[String], source: &str) -> ArgResult<Vec<(&'static str, String)>> {
-    let in_source = |e: ArgError| match e {
-        ArgError::Usage(m) => usage(format!("{m} (in {source})")),
-        help => help,
-    };
-    let mut p = Parser::from_args(tokens);
-    let mut out = Vec::new();
-    while let Some(arg) = p.next().map_err(in_source)? {
-        let Arg::Flag(tok) = &arg else { return Err(in_source(p.unexpected(arg))) };
-        let (flag, takes_value) = canonical(tok).ok_or_else(|| usage(format!("unknown option {tok} in {source}")))?;
-        let value = if takes_value { p.value().map_err(in_source)? } else { String::new() };
-        out.push((flag, value));
-    }
-    Ok(out)
-}
-
 fn list<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
     value.split(',').map(|v| parse(v.trim()).map_err(|e| format!("{flag} {value:?}: {e}"))).collect()
 }
@@ -191,16 +174,9 @@ where
 }
 
 /// Parses `LLAMA_BENCH_ARGS` (whitespace-separated) then the command line;
-/// `-h` in either comes back as [`ArgError::Help`].
+/// `-h` in either comes back as [`ArgError::Help`](crate::common::args::ArgError::Help).
 pub fn parse(env: Option<&str>, cli: &[String]) -> ArgResult<Args> {
-    let env_tokens: Vec<String> = env.unwrap_or("").split_whitespace().map(String::from).collect();
-    let env_pairs = pairs(&env_tokens, "LLAMA_BENCH_ARGS")?;
-    let cli_pairs = pairs(cli, "the command line")?;
-    // A flag on the command line replaces what the environment said for it.
-    let mut all: Vec<(&'static str, String)> =
-        env_pairs.into_iter().filter(|(f, _)| !cli_pairs.iter().any(|(c, _)| c == f)).collect();
-    all.extend(cli_pairs);
-
+    let all = env_then_cli("LLAMA_BENCH_ARGS", env, cli, canonical)?;
     let mut a = Args::default();
     let mut seen: Vec<&'static str> = Vec::new();
     for (flag, value) in all {

@@ -217,6 +217,22 @@ impl Build {
             system_info: llama_rs::system_info().trim().to_string(),
         }
     }
+
+    /// A benchmark's first two lines: this build, the devices it measures
+    /// (`gpus`, or the CPU) and llama.cpp's system line.
+    pub fn write_header(&self, out: &mut dyn std::io::Write, gpus: &[llama_rs::Device]) -> std::io::Result<()> {
+        let devices = if gpus.is_empty() {
+            "CPU only".to_string()
+        } else {
+            gpus.iter().map(|g| format!("{} ({})", g.name, g.description)).collect::<Vec<_>>().join(", ")
+        };
+        writeln!(
+            out,
+            "build: llama-rs {} (features: {}) | llama.cpp {} | backends: {} | devices: {devices}",
+            self.commit, self.features, self.llama_cpp_commit, self.backends
+        )?;
+        writeln!(out, "system_info: {}", self.system_info)
+    }
 }
 
 /// One record with llama-bench's JSON field names (plus `test`, `synthetic`,

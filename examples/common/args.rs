@@ -223,6 +223,43 @@ pub fn parse_or_exit<T>(help: &str, f: impl FnOnce(&mut Args) -> ArgResult<T>) -
     exit_on_error(help, f(&mut Args::from_env()))
 }
 
+/// The benchmarks' command line: `(flag, value)` pairs read first from the
+/// whitespace-separated environment variable `env_name` (its value `env`),
+/// then from `cli`; a flag given on the command line replaces every value the
+/// environment gave it. `canonical` folds aliases into one name and says
+/// whether the flag takes a value (`None`: unknown flag). Values are not
+/// interpreted; `-h` in either source comes back as [`ArgError::Help`].
+pub fn env_then_cli(
+    env_name: &str,
+    env: Option<&str>,
+    cli: &[String],
+    canonical: fn(&str) -> Option<(&'static str, bool)>,
+) -> ArgResult<Vec<(&'static str, String)>> {
+    let pairs = |tokens: &[String], source: &str| -> ArgResult<Vec<(&'static str, String)>> {
+        let in_source = |e: ArgError| match e {
+            ArgError::Usage(m) => usage(format!("{m} (in {source})")),
+            help => help,
+        };
+        let mut p = Args::from_args(tokens);
+        let mut out = Vec::new();
+        while let Some(arg) = p.next().map_err(in_source)? {
+            let Arg::Flag(tok) = &arg else { return Err(in_source(p.unexpected(arg))) };
+            let (flag, takes_value) =
+                canonical(tok).ok_or_else(|| usage(format!("unknown option {tok} in {source}")))?;
+            let value = if takes_value { p.value().map_err(in_source)? } else { String::new() };
+            out.push((flag, value));
+        }
+        Ok(out)
+    };
+    let env_tokens: Vec<String> = env.unwrap_or("").split_whitespace().map(String::from).collect();
+    let env_pairs = pairs(&env_tokens, env_name)?;
+    let cli_pairs = pairs(cli, "the command line")?;
+    let mut all: Vec<(&'static str, String)> =
+        env_pairs.into_iter().filter(|(f, _)| !cli_pairs.iter().any(|(c, _)| c == f)).collect();
+    all.extend(cli_pairs);
+    Ok(all)
+}
+
 // Value parsers shared by the programs: `Err` says what is wrong with the value.
 
 /// A number, with the parser's reason when it is not one.
