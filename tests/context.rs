@@ -59,6 +59,36 @@ fn bad_context_params_are_errors() {
     }
 }
 
+/// A context larger than memory is `Error::ContextCreate` saying what was
+/// asked and how to ask for less. In a child whose address space is capped
+/// at 4 GiB, so that the KV cache's 2^30 cells cannot be allocated under any
+/// overcommit policy (unlimited, a granted allocation would then be touched).
+#[test]
+fn a_context_larger_than_memory_is_an_error_that_says_what_was_asked() {
+    const NAME: &str = "a_context_larger_than_memory_is_an_error_that_says_what_was_asked";
+    if let Some(s) = common::sanitizer() {
+        // ASan's shadow memory does not fit under the cap, and its allocator
+        // (valgrind's too) reports a failed `new` instead of throwing.
+        eprintln!("under {s}: not run here; the plain test run covers it");
+        return;
+    }
+    if common::in_child(NAME) {
+        let m = tiny();
+        let e = m.new_context(ContextParams::default().n_ctx(1 << 30).threads(1)).unwrap_err();
+        let message = e.to_string();
+        assert!(matches!(e, Error::ContextCreate { .. }), "{e:?}");
+        assert!(message.contains("alloc"), "llama.cpp's reason is kept: {message}");
+        let asked = format!("asked for 1073741824 tokens (the model was trained for {})", m.n_ctx_train());
+        assert!(message.contains(&asked), "{message}");
+        assert!(message.contains("lower n_ctx") && message.contains("plan_memory"), "{message}");
+        // The process is fine: a context of a sane size still works.
+        assert!(m.new_context(ContextParams::default().n_ctx(256).threads(1)).is_ok());
+        return;
+    }
+    let out = common::run_in_child_with_memory_limit(NAME, 4 << 30);
+    common::assert_child_ok(NAME, &out);
+}
+
 #[test]
 fn batch_and_token_by_token_logits_agree() {
     let tokens = prompt();

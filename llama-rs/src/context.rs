@@ -479,6 +479,28 @@ extern "C" fn abort_trampoline(user: *mut std::os::raw::c_void) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(true)
 }
 
+/// A context that failed to allocate (host `std::bad_alloc`, a device buffer
+/// for the KV cache or the compute graph): says what was asked and how to ask
+/// for less.
+fn out_of_memory_hint(e: Error, params: &ContextParams, model: &Model) -> Error {
+    let Error::ContextCreate { message } = e else { return e };
+    if !message.contains("alloc") && !message.contains("out of memory") {
+        return Error::ContextCreate { message };
+    }
+    let n_ctx = params.resolved_n_ctx(model);
+    let train = model.n_ctx_train();
+    Error::ContextCreate {
+        message: format!(
+            "{message}. The context asked for {n_ctx} tokens (the model was trained for {train}), n_seq_max {}, \
+             KV cache {}/{}: lower n_ctx or n_seq_max, quantize the KV cache (type_k/type_v), or see what a \
+             context needs with llama_rs::plan_memory",
+            params.n_seq_max,
+            params.type_k.name(),
+            params.type_v.name()
+        ),
+    }
+}
+
 impl Model {
     /// Creates a context on this model, borrowing it. Parameters are checked
     /// first; the values llama.cpp actually chose (padding, clamping) are
@@ -535,7 +557,7 @@ impl<'m> Context<'m> {
                 |message| Error::ContextCreate { message },
             )
             // a backend that could not start on a failed RPC server: say which
-            .map_err(|e| model.rpc.check().err().unwrap_or(e))?
+            .map_err(|e| model.rpc.check().err().unwrap_or_else(|| out_of_memory_hint(e, &params, &model)))?
         };
         // SAFETY: live context.
         let (n_ctx, n_batch, n_ubatch, n_seq_max) = unsafe {

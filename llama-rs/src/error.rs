@@ -22,7 +22,9 @@ pub enum Error {
     #[error("model load of {path} cancelled by the progress callback")]
     LoadCancelled { path: PathBuf },
 
-    /// llama.cpp could not create a context.
+    /// llama.cpp could not create a context. When memory ran out (host or
+    /// device), the message adds the context size, sequences and KV-cache
+    /// types that were asked for, and how to ask for less.
     #[error("cannot create context: {message}")]
     ContextCreate { message: String },
 

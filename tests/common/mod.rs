@@ -105,9 +105,28 @@ pub fn real_model() -> &'static Model {
 /// cases whose old behaviour was to abort the process (or to hang: a child
 /// still running after five minutes is killed, and its output says so).
 pub fn run_in_child(name: &str) -> std::process::Output {
+    child_output(name, None)
+}
+
+/// [`run_in_child`] with the child's address space capped at `bytes`
+/// (`ulimit -v`): an allocation past it fails the same way whatever the
+/// machine's overcommit policy, instead of being granted and then touched.
+pub fn run_in_child_with_memory_limit(name: &str, bytes: u64) -> std::process::Output {
+    child_output(name, Some(bytes))
+}
+
+fn child_output(name: &str, memory_limit: Option<u64>) -> std::process::Output {
     use std::io::Read;
     let exe = std::env::current_exe().expect("test binary path");
-    let mut child = std::process::Command::new(exe)
+    let mut command = match memory_limit {
+        None => std::process::Command::new(exe),
+        Some(bytes) => {
+            let mut c = std::process::Command::new("sh");
+            c.args(["-c", &format!("ulimit -v {} && exec \"$0\" \"$@\"", bytes / 1024)]).arg(exe);
+            c
+        }
+    };
+    let mut child = command
         .args([name, "--exact", "--nocapture", "--test-threads=1"])
         .env("LLAMA_RS_CHILD", name)
         .stdout(std::process::Stdio::piped())
