@@ -251,3 +251,47 @@ fn model_and_vocab_are_send_and_sync() {
     send::<llama_rs::Batch>();
     send::<ModelParams>();
 }
+
+/// A model file that cannot be mapped is `Error::ModelLoad` with llama.cpp's
+/// cause ("mmap failed"), not only its closing "failed to load model", and
+/// how to get around it. In a child whose address space is capped (by
+/// `prlimit`, util-linux) 48 MiB above what it uses, below the 98 MB model.
+#[test]
+fn a_model_that_cannot_be_mapped_is_an_error_with_the_cause() {
+    const NAME: &str = "a_model_that_cannot_be_mapped_is_an_error_with_the_cause";
+    if let Some(s) = common::sanitizer() {
+        // The sanitizers' own address-space reservations do not fit a cap.
+        eprintln!("under {s}: not run here; the plain test run covers it");
+        return;
+    }
+    if common::in_child(NAME) {
+        let path = common::real_model_path();
+        llama_rs::devices(); // backends loaded before the cap
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let vm_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmSize:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmSize in /proc/self/status");
+        let cap = vm_kib * 1024 + (48 << 20);
+        let ok = std::process::Command::new("prlimit")
+            .arg(format!("--pid={}", std::process::id()))
+            .arg(format!("--as={cap}"))
+            .status()
+            .expect("run prlimit (util-linux)");
+        assert!(ok.success());
+        match Model::load(&path) {
+            Err(Error::ModelLoad { message, .. }) => {
+                assert!(message.contains("mmap failed"), "the cause: {message}");
+                assert!(message.contains("failed to load model"), "{message}");
+                assert!(message.contains("LoadMode::NoMmap") && message.contains("ulimit -v"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Still alive, and a small model loads.
+        assert!(Model::load(tiny_path(VocabKind::Spm)).is_ok());
+        return;
+    }
+    let out = common::run_in_child(NAME);
+    common::assert_child_ok(NAME, &out);
+}

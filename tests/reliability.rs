@@ -245,7 +245,11 @@ fn overrides_are_validated_like_the_file() {
         // An unknown architecture is llama.cpp's own clean refusal (it throws).
         let p = ModelParams::default().kv_override("general.architecture", KvOverride::Str("no-such-arch".into()));
         match Model::load_with(&path, p) {
-            Err(Error::ModelLoad { .. }) => {}
+            // The cause llama.cpp logged first, not only its closing
+            // "failed to load model".
+            Err(Error::ModelLoad { message, .. }) => {
+                assert!(message.contains("no-such-arch") && message.contains("failed to load model"), "{message}")
+            }
             other => panic!("unknown architecture: {other:?}"),
         }
         // llama.cpp keeps the first override of a key; so does the check.

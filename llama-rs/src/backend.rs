@@ -58,6 +58,9 @@ thread_local! {
     /// The last error line llama.cpp logged on this thread: most C calls only
     /// return NULL or -1, and this line is the reason they give.
     static LAST_ERROR: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The first error line since [`clear_log_error`]: where a call logs its
+    /// cause and then a generic line ("failed to load model"), the cause.
+    static FIRST_ERROR: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 thread_local! {
@@ -96,16 +99,31 @@ pub(crate) fn release_warnings(expected: bool) {
 /// Forgets the last logged error of this thread (call before a C call).
 pub(crate) fn clear_log_error() {
     LAST_ERROR.with(|e| e.borrow_mut().clear());
+    FIRST_ERROR.with(|e| e.borrow_mut().clear());
 }
 
 /// The last error llama.cpp logged on this thread since [`clear_log_error`],
 /// or `fallback`.
 pub(crate) fn log_error_or(fallback: &str) -> String {
+    FIRST_ERROR.with(|e| e.borrow_mut().clear());
     let msg = LAST_ERROR.with(|e| std::mem::take(&mut *e.borrow_mut()));
     if msg.is_empty() {
         fallback.to_string()
     } else {
         msg
+    }
+}
+
+/// The first error llama.cpp logged on this thread since [`clear_log_error`]
+/// and, when another came after it, the last: `first; last` (a cause, then
+/// the caller's generic line), or `fallback`.
+pub(crate) fn log_cause_or(fallback: &str) -> String {
+    let first = FIRST_ERROR.with(|e| std::mem::take(&mut *e.borrow_mut()));
+    let last = log_error_or(fallback);
+    if first.is_empty() || first == last {
+        last
+    } else {
+        format!("{first}; {last}")
     }
 }
 
@@ -133,6 +151,13 @@ extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _use
                 if let Ok(mut e) = e.try_borrow_mut() {
                     e.clear();
                     e.push_str(msg);
+                }
+            });
+            FIRST_ERROR.with(|e| {
+                if let Ok(mut e) = e.try_borrow_mut() {
+                    if e.is_empty() {
+                        e.push_str(msg);
+                    }
                 }
             });
         }

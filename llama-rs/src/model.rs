@@ -1,6 +1,6 @@
 //! Loading a GGUF model, the multi-GPU knobs, and what a model knows about itself.
 
-use crate::backend::{clear_log_error, log_error_or};
+use crate::backend::{clear_log_error, log_cause_or};
 use crate::device::{self, Device, DeviceKind};
 use crate::error::{Error, Result};
 use crate::ffi::{check_shim, cstring, string_from_buffer, string_from_ptr};
@@ -393,6 +393,25 @@ impl ModelParams {
     }
 }
 
+/// A load that failed to allocate (a device or host buffer for the weights,
+/// or their mapping): says how to ask for less.
+fn out_of_memory_hint(message: String) -> String {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("mmap failed") {
+        format!(
+            "{message}. The file could not be mapped into the address space: check the process's limits \
+             (`ulimit -v`), or read it into memory instead (LoadMode::NoMmap)"
+        )
+    } else if ["alloc", "out of memory"].iter().any(|k| lower.contains(k)) {
+        format!(
+            "{message}. The weights did not fit in memory: lower n_gpu_layers, spread the model over more devices \
+             (devices, tensor_split), or let llama_rs::fit choose"
+        )
+    } else {
+        message
+    }
+}
+
 fn names(devices: &[Device]) -> String {
     devices.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
 }
@@ -570,7 +589,7 @@ impl Model {
         }
         let ptr = NonNull::new(model).ok_or_else(|| Error::ModelLoad {
             path: path.clone(),
-            message: log_error_or("llama.cpp returned no model"),
+            message: out_of_memory_hint(log_cause_or("llama.cpp returned no model")),
         })?;
         if !params.vocab_only {
             if let Err(message) = check_loaded(ptr) {
