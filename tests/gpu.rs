@@ -338,6 +338,34 @@ fn memory_plan_matches_what_loading_allocates() {
     assert!(worst <= 0.05, "a device's plan is off by {:.2}% (> 5%)", worst * 100.0);
 }
 
+/// A context whose KV cache is twice what the GPUs have free is
+/// `Error::ContextCreate` with llama.cpp's reason and what was asked; the
+/// model then still makes a context that fits.
+#[test]
+#[ignore = "needs a GPU"]
+fn a_context_larger_than_the_gpus_is_an_error() {
+    let g = gpus();
+    let params = || ModelParams::default().devices(&indices(&g));
+    let probe = 4096u64;
+    let plan = llama_rs::plan_memory(small_path(), params(), ContextParams::default().n_ctx(probe as u32)).unwrap();
+    let kv: u64 = plan.iter().filter(|d| g.iter().any(|x| x.name == d.device)).map(|d| d.context).sum();
+    let free: u64 = g.iter().map(|d| d.memory_free).sum();
+    let n_ctx = u32::try_from((2 * free / (kv / probe)).next_multiple_of(256)).expect("n_ctx fits u32");
+    eprintln!("KV {} B per token, {free} B free on the GPUs: asking for {n_ctx} tokens", kv / probe);
+    let m = Model::load_with(small_path(), params()).unwrap();
+    match m.new_context(ContextParams::default().n_ctx(n_ctx)) {
+        Err(Error::ContextCreate { message }) => {
+            eprintln!("{message}");
+            assert!(message.contains("alloc"), "llama.cpp's reason is kept: {message}");
+            assert!(message.contains(&format!("asked for {n_ctx} tokens")), "{message}");
+            assert!(message.contains("plan_memory"), "{message}");
+        }
+        Err(e) => panic!("another error: {e}"),
+        Ok(c) => panic!("a context of {} tokens was created on {free} B free", c.n_ctx()),
+    }
+    assert!(m.new_context(ContextParams::default().n_ctx(512)).is_ok());
+}
+
 /// `fit` keeps every GPU within the free memory it is given: it shortens the
 /// context first, then takes layers off the GPUs, and says when nothing fits.
 #[test]
