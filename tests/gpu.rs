@@ -372,8 +372,8 @@ fn a_context_larger_than_the_gpus_is_an_error() {
 #[ignore = "needs a GPU"]
 fn fit_chooses_what_fits() {
     let g = gpus();
-    for mode in [SplitMode::None, SplitMode::Layer, SplitMode::Tensor] {
-        let params = || ModelParams::default().split_mode(mode).devices(&indices(&g)).main_gpu(g.len() - 1);
+    for mode in [SplitMode::Layer, SplitMode::Tensor] {
+        let params = || ModelParams::default().split_mode(mode).devices(&indices(&g));
         let ctx = ContextParams::default().n_ctx(2048);
         let full = llama_rs::plan_memory(small_path(), params(), ctx.clone()).unwrap();
         let on = |plan: &[DeviceMemory], d: &Device| -> u64 {
