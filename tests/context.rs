@@ -66,10 +66,7 @@ fn bad_context_params_are_errors() {
 #[test]
 fn a_context_larger_than_memory_is_an_error_that_says_what_was_asked() {
     const NAME: &str = "a_context_larger_than_memory_is_an_error_that_says_what_was_asked";
-    if let Some(s) = common::sanitizer() {
-        // ASan's shadow memory does not fit under the cap, and its allocator
-        // (valgrind's too) reports a failed `new` instead of throwing.
-        eprintln!("under {s}: not run here; the plain test run covers it");
+    if common::capped_memory_cannot_run() {
         return;
     }
     if common::in_child(NAME) {

@@ -259,9 +259,7 @@ fn model_and_vocab_are_send_and_sync() {
 #[test]
 fn a_model_that_cannot_be_mapped_is_an_error_with_the_cause() {
     const NAME: &str = "a_model_that_cannot_be_mapped_is_an_error_with_the_cause";
-    if let Some(s) = common::sanitizer() {
-        // The sanitizers' own address-space reservations do not fit a cap.
-        eprintln!("under {s}: not run here; the plain test run covers it");
+    if common::capped_memory_cannot_run() {
         return;
     }
     if common::in_child(NAME) {

@@ -484,7 +484,7 @@ extern "C" fn abort_trampoline(user: *mut std::os::raw::c_void) -> bool {
 /// for less.
 fn out_of_memory_hint(e: Error, params: &ContextParams, model: &Model) -> Error {
     let Error::ContextCreate { message } = e else { return e };
-    if !message.contains("alloc") && !message.contains("out of memory") {
+    if !crate::error::is_allocation_failure(&message) {
         return Error::ContextCreate { message };
     }
     let n_ctx = params.resolved_n_ctx(model);

@@ -175,3 +175,10 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+/// Whether llama.cpp's message says an allocation failed (a host
+/// `std::bad_alloc`, a device or host buffer, CUDA's "out of memory").
+pub(crate) fn is_allocation_failure(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("alloc") || lower.contains("out of memory")
+}

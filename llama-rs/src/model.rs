@@ -396,13 +396,12 @@ impl ModelParams {
 /// A load that failed to allocate (a device or host buffer for the weights,
 /// or their mapping): says how to ask for less.
 fn out_of_memory_hint(message: String) -> String {
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("mmap failed") {
+    if message.contains("mmap failed") {
         format!(
             "{message}. The file could not be mapped into the address space: check the process's limits \
              (`ulimit -v`), or read it into memory instead (LoadMode::NoMmap)"
         )
-    } else if ["alloc", "out of memory"].iter().any(|k| lower.contains(k)) {
+    } else if crate::error::is_allocation_failure(&message) {
         format!(
             "{message}. The weights did not fit in memory: lower n_gpu_layers, spread the model over more devices \
              (devices, tensor_split), or let llama_rs::fit choose"
